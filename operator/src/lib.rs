@@ -1,0 +1,1 @@
+//! fedid: the cluster as an OIDC issuer for CI workloads.

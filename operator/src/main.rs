@@ -1,0 +1,3 @@
+//! The `fedid` command.
+
+fn main() {}
