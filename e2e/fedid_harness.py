@@ -1,0 +1,239 @@
+"""Runs the fedid operator out of cluster against the local control plane, for the e2e tests."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jwt
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from conftest import REPO_ROOT, Cluster, wait_for
+
+OPERATOR_NAMESPACE = "fedid-system"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_serving_certificate(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a serving certificate for 127.0.0.1; returns (ca, cert, key) paths."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedid-e2e-serving-ca")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedid")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = directory / "ca.crt", directory / "tls.crt", directory / "tls.key"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return ca_path, cert_path, key_path
+
+
+@dataclass
+class Operator:
+    """One `fedid run` process serving HTTPS on loopback."""
+
+    cluster: Cluster
+    binary: Path
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def __post_init__(self) -> None:
+        self.ca, self.cert, self.key = write_serving_certificate(self.workdir)
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"fedid-{self.starts}.log"
+
+    def issuer_url(self, name: str) -> str:
+        return f"{self.base_url}/issuers/{name}"
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [
+                str(self.binary),
+                "run",
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                "--http-addr",
+                f"127.0.0.1:{self.port}",
+                "--tls-cert-file",
+                str(self.cert),
+                "--tls-key-file",
+                str(self.key),
+                # Shorter bounds than production so that refreshes happen within a test.
+                "--min-token-lifetime",
+                "30s",
+                "--renew-before-expiry",
+                "5s",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**self.cluster.env(), "RUST_LOG": "info,fedid=debug"},
+        )
+        wait_for("fedid /readyz", self._ready, timeout=60)
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"fedid exited with {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}")
+        return self.get("/readyz").status_code == 200
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def get(self, path: str, **kwargs: object) -> requests.Response:
+        return requests.get(f"{self.base_url}{path}", verify=str(self.ca), timeout=10, **kwargs)
+
+    def logs(self) -> str:
+        return "\n".join(
+            (self.workdir / f"fedid-{n}.log").read_text(errors="replace") for n in range(1, self.starts + 1)
+        )
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """The value of one sample from /metrics (0 when the series does not exist)."""
+        text = self.get("/metrics").text
+        wanted = ",".join(f'{k}="{v}"' for k, v in (labels or {}).items())
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            metric_name, _, label_text = series.partition("{")
+            if metric_name != name:
+                continue
+            if wanted and not all(part in label_text for part in wanted.split(",")):
+                continue
+            total += float(value)
+        return total
+
+
+def jwks_for(operator: Operator, issuer_url: str) -> dict:
+    """Fetches discovery, then the JWKS it points to, over HTTPS like a cloud would."""
+    discovery = requests.get(f"{issuer_url}/.well-known/openid-configuration", verify=str(operator.ca), timeout=10)
+    discovery.raise_for_status()
+    document = discovery.json()
+    assert document["issuer"] == issuer_url
+    keys = requests.get(document["jwks_uri"], verify=str(operator.ca), timeout=10)
+    keys.raise_for_status()
+    return keys.json()
+
+
+def verify_token(operator: Operator, token: str, issuer_url: str, audience: str) -> dict:
+    """Verifies a token with PyJWT against the JWKS the operator serves; returns its claims."""
+    jwks = jwks_for(operator, issuer_url)
+    header = jwt.get_unverified_header(token)
+    keys = {key.key_id: key for key in jwt.PyJWKSet.from_dict(jwks).keys}
+    assert header["kid"] in keys, f"kid {header['kid']} not in the served JWKS {sorted(keys)}"
+    return jwt.decode(
+        token,
+        keys[header["kid"]].key,
+        algorithms=[header["alg"]],
+        audience=audience,
+        issuer=issuer_url,
+        options={"require": ["exp", "iat", "nbf", "iss", "sub", "aud", "jti"]},
+    )
+
+
+def secret_data(cluster: Cluster, namespace: str, name: str) -> dict:
+    import base64
+
+    secret = json.loads(cluster.kubectl("get", "secret", name, "-n", namespace, "-o", "json").stdout)
+    secret["decoded"] = {key: base64.b64decode(value).decode() for key, value in (secret.get("data") or {}).items()}
+    return secret
+
+
+def get_json(cluster: Cluster, *args: str) -> dict:
+    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+
+
+def condition(obj: dict, kind: str = "Ready") -> dict | None:
+    for entry in (obj.get("status") or {}).get("conditions") or []:
+        if entry.get("type") == kind:
+            return entry
+    return None
+
+
+def wait_for_reason(cluster: Cluster, namespace: str, name: str, reason: str, timeout: float = 60) -> dict:
+    """Waits until the FederatedIdentity's Ready condition has `reason`; returns the identity."""
+
+    def check() -> dict | None:
+        identity = get_json(cluster, "federatedidentity", name, "-n", namespace)
+        ready = condition(identity)
+        return identity if ready and ready.get("reason") == reason else None
+
+    return wait_for(f"fid/{name} in {namespace} to report {reason}", check, timeout=timeout)
+
+
+def events_for(cluster: Cluster, namespace: str, name: str) -> list[dict]:
+    result = cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}", "-o", "json"
+    )
+    return json.loads(result.stdout)["items"]
+
+
+def now() -> float:
+    return time.time()
+
+
+def fedid_binary() -> Path:
+    return Path(os.environ.get("FEDID_BIN", REPO_ROOT / "target" / "debug" / "fedid"))
