@@ -24,6 +24,7 @@ pub mod issuer;
 pub mod issuer_config;
 pub mod keys;
 pub mod label_selector;
+pub mod leader;
 pub mod metrics;
 pub mod run;
 pub mod schedule;

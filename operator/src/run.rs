@@ -17,7 +17,7 @@ use kube::{
         watcher,
     },
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
 use crate::{
@@ -29,6 +29,7 @@ use crate::{
     crd::{FederatedIdentity, IdentityIssuer},
     http::{self, AppState, ServerConfig, TlsFiles},
     issuer::{ISSUER_LABEL, IssuerRegistry, static_files_config_map_name, sync_registry},
+    leader::{Elector, LeaseTiming},
     metrics::{ConditionLabels, IdentityLabels, IdentityObservation, Metrics},
     secret_output::IDENTITY_LABEL,
 };
@@ -81,6 +82,24 @@ pub struct RunArgs {
     /// update mounted files. Lower it only for tests.
     #[arg(long, env = "FEDID_RENEW_BEFORE_EXPIRY", default_value = "5m", value_parser = parse_duration)]
     pub renew_before_expiry: Duration,
+
+    /// Elect one leader among the replicas through a Lease; only the leader reconciles, every
+    /// replica serves discovery and JWKS.
+    #[arg(long, env = "FEDID_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Name of the leader-election Lease in the operator namespace.
+    #[arg(
+        long,
+        env = "FEDID_LEADER_ELECTION_LEASE_NAME",
+        default_value = "fedid-leader"
+    )]
+    pub leader_election_lease_name: String,
+
+    /// How long the Lease holds without renewal: the longest a standby waits after the leader
+    /// dies without releasing it.
+    #[arg(long, env = "FEDID_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_election_lease_duration: Duration,
 }
 
 fn parse_duration(input: &str) -> Result<Duration, String> {
@@ -106,7 +125,8 @@ pub struct IssuerFilesArgs {
     pub out_dir: Option<PathBuf>,
 }
 
-/// Runs the operator until SIGTERM or Ctrl-C.
+/// Runs the operator until SIGTERM or Ctrl-C, or until it loses the leader Lease (an error:
+/// the process must exit so that it never writes as a stale leader).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // kube and reqwest both use rustls on aws-lc-rs; make it the process default.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -116,23 +136,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let namespace = args.namespace.clone();
     let registry = Arc::new(IssuerRegistry::default());
     let metrics = Arc::new(Metrics::default());
-    let settings = Settings {
-        namespace: namespace.clone(),
-        min_token_lifetime: args.min_token_lifetime,
-        renew_before_expiry: args.renew_before_expiry,
-        concurrency: args.concurrency,
-    };
-    let instance = std::env::var("POD_NAME").ok();
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("fedid-{:08x}", rand::random::<u32>()));
     let ctx = Arc::new(Context::new(
         client.clone(),
         registry.clone(),
         metrics.clone(),
-        settings,
-        instance,
+        Settings {
+            namespace: namespace.clone(),
+            min_token_lifetime: args.min_token_lifetime,
+            renew_before_expiry: args.renew_before_expiry,
+            concurrency: args.concurrency,
+        },
+        Some(identity.clone()),
     ));
-    let shutdown = shutdown_signal().shared();
-    info!(%namespace, addr = %args.http_addr, "starting fedid");
+    info!(%namespace, addr = %args.http_addr, %identity, "starting fedid");
 
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop_tx.send_replace(true);
+    });
+
+    // Every replica: keep the issuers loaded and serve them.
     let (issuer_changes, issuer_changed) = mpsc::channel(256);
     let sync = tokio::spawn(sync_registry(
         client.clone(),
@@ -140,8 +166,104 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry.clone(),
         issuer_changes,
     ));
-
     let (identities, identity_writer) = reflector::store::<FederatedIdentity>();
+    let observed = identities.clone();
+    let tls = match (args.tls_cert_file, args.tls_key_file) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => None,
+    };
+    let server = tokio::spawn(http::serve(
+        ServerConfig {
+            addr: args.http_addr,
+            tls,
+        },
+        AppState {
+            registry,
+            metrics,
+            observe_identities: Arc::new(move || observe(&observed)),
+        },
+        stopped(stop.clone()),
+    ));
+
+    // Only the leader reconciles.
+    let (leading_tx, leading) = watch::channel(!args.leader_election);
+    let elector = Arc::new(Elector::new(
+        client.clone(),
+        &namespace,
+        &args.leader_election_lease_name,
+        identity,
+        LeaseTiming::from_duration(args.leader_election_lease_duration),
+    ));
+    let election = if args.leader_election {
+        let (elector, stop) = (elector.clone(), stop.clone());
+        tokio::spawn(async move { elector.run(leading_tx, stop).await })
+    } else {
+        tokio::spawn(async move {
+            // Keep the sender alive: without election this replica leads until it stops.
+            let _leading = leading_tx;
+            Ok(())
+        })
+    };
+    let mut campaign = leading.clone();
+    let became_leader = tokio::select! {
+        led = campaign.wait_for(|leading| *leading) => led.is_ok(),
+        () = stopped(stop.clone()) => false,
+    };
+    if became_leader {
+        let writers_stop = {
+            let (stop, mut leading) = (stop.clone(), leading.clone());
+            async move {
+                tokio::select! {
+                    () = stopped(stop) => {},
+                    _ = leading.wait_for(|leading| !*leading) => {},
+                }
+            }
+            .shared()
+        };
+        run_controllers(
+            client,
+            ctx,
+            identities,
+            identity_writer,
+            issuer_changed,
+            args.concurrency,
+            writers_stop,
+        )
+        .await;
+    }
+
+    let stopping = *stop.borrow();
+    if stopping {
+        // Writers are done: hand the Lease over now rather than after it expires.
+        elector.release().await;
+        let _ = election.await;
+        sync.abort();
+        let served = server.await.context("the HTTP server task failed")?;
+        info!("fedid stopped");
+        return served.context("the HTTP server failed");
+    }
+    sync.abort();
+    match election.await.context("the leader election task failed")? {
+        Err(lost) => Err(lost).context("stopping: another replica may lead now"),
+        Ok(()) => Err(anyhow::anyhow!("the controllers stopped unexpectedly")),
+    }
+}
+
+/// Resolves once `stop` turns true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+/// Runs the issuer and identity controllers until `stop` resolves.
+async fn run_controllers(
+    client: Client,
+    ctx: Arc<Context>,
+    identities: Store<FederatedIdentity>,
+    identity_writer: reflector::store::Writer<FederatedIdentity>,
+    issuer_changed: mpsc::Receiver<IdentityIssuer>,
+    concurrency: u16,
+    stop: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
     let identity_events = watcher(
         Api::<FederatedIdentity>::all(client.clone()),
         watcher::Config::default(),
@@ -172,13 +294,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             recent_writes: Default::default(),
         },
     });
-    let identity_controller = Controller::for_stream(identity_events, identities.clone())
+    let identity_controller = Controller::for_stream(identity_events, identities)
         .owns_stream(secret_events)
         .watches_stream(issuer_events, move |issuer: IdentityIssuer| {
             identities_using(&mapping_store, &issuer)
         })
-        .with_config(controller::Config::default().concurrency(args.concurrency))
-        .graceful_shutdown_on(shutdown.clone())
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(stop.clone())
         .run(identity::reconcile, identity::error_policy, identity_ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
@@ -186,45 +308,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         });
 
+    let namespace = ctx.settings.namespace.clone();
     let issuer_controller = Controller::new(
         Api::<IdentityIssuer>::all(client.clone()),
         watcher::Config::default(),
     )
     .owns(
-        Api::<Secret>::namespaced(client.clone(), &namespace),
+        Api::<Secret>::namespaced(client, &namespace),
         watcher::Config::default().labels(ISSUER_LABEL),
     )
     .with_config(controller::Config::default().concurrency(4))
-    .graceful_shutdown_on(shutdown.clone())
-    .run(issuer::reconcile, issuer::error_policy, ctx.clone())
+    .graceful_shutdown_on(stop)
+    .run(issuer::reconcile, issuer::error_policy, ctx)
     .for_each(|result| async move {
         if let Err(error) = result {
             debug!(%error, "issuer controller");
         }
     });
-
-    let observed = identities.clone();
-    let state = AppState {
-        registry,
-        metrics,
-        observe_identities: Arc::new(move || observe(&observed)),
-    };
-    let tls = match (args.tls_cert_file, args.tls_key_file) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-        _ => None,
-    };
-    let server = http::serve(
-        ServerConfig {
-            addr: args.http_addr,
-            tls,
-        },
-        state,
-        shutdown.clone(),
-    );
-    let (served, (), ()) = tokio::join!(server, identity_controller, issuer_controller);
-    sync.abort();
-    info!("fedid stopped");
-    served.context("the HTTP server failed")
+    tokio::join!(identity_controller, issuer_controller);
 }
 
 /// Resolves on SIGTERM (Kubernetes) or Ctrl-C.

@@ -72,8 +72,8 @@ pub enum IdentityError {
     InvalidSpec(String),
     /// The Secret exists and fedid does not own it.
     #[error(
-        "Secret {secret} exists and is not owned by this FederatedIdentity; fedid never takes \
-         over a Secret it did not create: delete that Secret or set spec.secretName"
+        "Secret {secret} exists and is not managed by fedid for this FederatedIdentity; fedid \
+         never takes over a Secret it did not create: delete that Secret or set spec.secretName"
     )]
     SecretConflict {
         /// Secret name.
@@ -381,7 +381,7 @@ async fn issue(
             why: "it has no signing key yet".to_owned(),
         })?;
 
-    let existing = current_secret(ctx, &namespace, &validated.secret_name).await?;
+    let existing = current_secret(ctx, &namespace, &validated.secret_name).await;
     let owned = match ownership(existing.as_deref(), &uid) {
         Ownership::Foreign => {
             return Err(IdentityError::SecretConflict {
@@ -544,26 +544,15 @@ async fn check_namespace(
     }
 }
 
-/// The identity's Secret: from the cache when there, else one GET (it may be foreign, or
-/// ours but not cached yet).
-async fn current_secret(
-    ctx: &IdentityContext,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<Arc<Secret>>, IdentityError> {
+/// The identity's Secret, from the cache of fedid-labelled Secrets overlaid with this
+/// process's own recent writes. fedid has no right to read other Secrets: one that exists
+/// outside the cache is found when creating it fails.
+async fn current_secret(ctx: &IdentityContext, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+    // The first passes after a start must not mistake "not listed yet" for "absent".
+    let _ = ctx.state.secrets.wait_until_ready().await;
     let key = ObjectRef::<Secret>::new(name).within(namespace);
     let cached = ctx.state.secrets.get(&key);
-    if let Some(secret) = ctx.state.recent_writes.freshest(&key, cached) {
-        return Ok(Some(secret));
-    }
-    Api::<Secret>::namespaced(ctx.shared.client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map(|found| found.map(Arc::new))
-        .map_err(|source| IdentityError::Read {
-            what: format!("Secret {name}"),
-            source,
-        })
+    ctx.state.recent_writes.freshest(&key, cached)
 }
 
 /// Signs on the blocking pool (RSA signing must not stall the reconcilers).
@@ -607,9 +596,14 @@ async fn write_secret(
         };
         api.create(&params, &secret).await
     };
-    written.map_err(|source| IdentityError::WriteSecret {
-        secret: name,
-        source,
+    written.map_err(|source| match source {
+        kube::Error::Api(status) if !exists && status.code == 409 => {
+            IdentityError::SecretConflict { secret: name }
+        }
+        source => IdentityError::WriteSecret {
+            secret: name,
+            source,
+        },
     })
 }
 
