@@ -139,3 +139,24 @@ def test_helm_runs_from_the_cache(cluster: Cluster) -> None:
 def test_kwok_runs_from_the_cache(cluster: Cluster) -> None:
     result = subprocess.run([str(cluster.bin / "kwok"), "--version"], capture_output=True, text=True, env=cluster.env(), timeout=60)
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_controllers_act_with_their_own_service_accounts(cluster: Cluster) -> None:
+    # kube-controller-manager runs each controller as its own ServiceAccount, with the
+    # bootstrap RBAC roles: the deployment controller creates ReplicaSets, and the namespace
+    # controller empties and removes a deleted namespace.
+    namespace = f"kcm-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", namespace)
+    cluster.kubectl("create", "deployment", "web", "--image=registry.invalid/web:1", "-n", namespace)
+    wait_for(
+        "the deployment controller to create a ReplicaSet",
+        lambda: json.loads(cluster.kubectl("get", "rs", "-n", namespace, "-o", "json").stdout)["items"],
+    )
+    cluster.kubectl("create", "configmap", "leftover", "-n", namespace)
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+
+    def namespace_gone() -> bool:
+        result = cluster.kubectl("get", "namespace", namespace, check=False)
+        return result.returncode != 0 and "NotFound" in result.stderr
+
+    wait_for("the namespace controller to finish deleting the namespace", namespace_gone, timeout=90)
