@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use futures::FutureExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
     api::core::v1::{Namespace, Secret},
@@ -248,8 +249,16 @@ pub async fn reconcile(
     ctx: Arc<IdentityContext>,
 ) -> Result<Action, IdentityError> {
     let shared = &ctx.shared;
-    if !shared.registry.is_synced() {
-        // Until every issuer is loaded, "not found" would be a lie: wait, write nothing.
+    let secrets_listed = ctx
+        .state
+        .secrets
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|ready| ready.is_ok());
+    if !(shared.registry.is_synced() && secrets_listed) {
+        // Until every issuer and every fedid Secret is loaded, "not found" and "absent" would
+        // be lies: check again shortly, write nothing. (Never wait here: a reconciler holding
+        // its slot would keep the controller from polling the very watch that fills the cache.)
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     // Tokens and status carry whole seconds; so does every decision.
@@ -381,7 +390,7 @@ async fn issue(
             why: "it has no signing key yet".to_owned(),
         })?;
 
-    let existing = current_secret(ctx, &namespace, &validated.secret_name).await;
+    let existing = current_secret(ctx, &namespace, &validated.secret_name);
     let owned = match ownership(existing.as_deref(), &uid) {
         Ownership::Foreign => {
             return Err(IdentityError::SecretConflict {
@@ -547,9 +556,7 @@ async fn check_namespace(
 /// The identity's Secret, from the cache of fedid-labelled Secrets overlaid with this
 /// process's own recent writes. fedid has no right to read other Secrets: one that exists
 /// outside the cache is found when creating it fails.
-async fn current_secret(ctx: &IdentityContext, namespace: &str, name: &str) -> Option<Arc<Secret>> {
-    // The first passes after a start must not mistake "not listed yet" for "absent".
-    let _ = ctx.state.secrets.wait_until_ready().await;
+fn current_secret(ctx: &IdentityContext, namespace: &str, name: &str) -> Option<Arc<Secret>> {
     let key = ObjectRef::<Secret>::new(name).within(namespace);
     let cached = ctx.state.secrets.get(&key);
     ctx.state.recent_writes.freshest(&key, cached)

@@ -141,6 +141,7 @@ pub async fn reconcile(
         Err(error) => Err(IssuerError::InvalidSpec(error.to_string())),
     };
 
+    let mut static_files = Ok(());
     let action = match &result {
         Ok((keys, config)) => {
             for step in &keys.steps {
@@ -153,7 +154,9 @@ pub async fn reconcile(
                     issuer: issuer.name_any(),
                 })
                 .set(i64::try_from(loaded.published_kids(now).len()).unwrap_or(i64::MAX));
-            write_static_files(&issuer, &loaded, &ctx, now).await?;
+            // The mirror is secondary: the issuer serves and signs without it, so a failure is
+            // retried (error policy) after the status is written, not instead of it.
+            static_files = write_static_files(&issuer, &loaded, &ctx, now).await;
             let wake = next_wakeup(&keys.ring, &config.rotation, now)
                 .map_or(RESYNC, |at| until(at, now).min(RESYNC));
             Action::requeue(wake)
@@ -203,6 +206,7 @@ pub async fn reconcile(
             }
         }
     }
+    static_files?;
     Ok(action)
 }
 
