@@ -80,6 +80,10 @@ class Operator:
     cluster: Cluster
     binary: Path
     workdir: Path
+    namespace: str = OPERATOR_NAMESPACE
+    name: str = "fedid"
+    extra_args: list[str] = field(default_factory=list)
+    kubeconfig: Path | None = None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -93,7 +97,7 @@ class Operator:
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / f"fedid-{self.starts}.log"
+        return self.workdir / f"{self.name}-{self.starts}.log"
 
     def issuer_url(self, name: str) -> str:
         return f"{self.base_url}/issuers/{name}"
@@ -106,7 +110,7 @@ class Operator:
                 str(self.binary),
                 "run",
                 "--namespace",
-                OPERATOR_NAMESPACE,
+                self.namespace,
                 "--http-addr",
                 f"127.0.0.1:{self.port}",
                 "--tls-cert-file",
@@ -118,10 +122,16 @@ class Operator:
                 "30s",
                 "--renew-before-expiry",
                 "5s",
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**self.cluster.env(), "RUST_LOG": "info,fedid=debug"},
+            env={
+                **self.cluster.env(),
+                **({"KUBECONFIG": str(self.kubeconfig)} if self.kubeconfig else {}),
+                "RUST_LOG": "info,fedid=debug",
+                "POD_NAME": self.name,
+            },
         )
         wait_for("fedid /readyz", self._ready, timeout=60)
 
@@ -141,12 +151,19 @@ class Operator:
             self.process.wait(timeout=10)
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, no Lease release."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
     def get(self, path: str, **kwargs: object) -> requests.Response:
         return requests.get(f"{self.base_url}{path}", verify=str(self.ca), timeout=10, **kwargs)
 
     def logs(self) -> str:
         return "\n".join(
-            (self.workdir / f"fedid-{n}.log").read_text(errors="replace") for n in range(1, self.starts + 1)
+            (self.workdir / f"{self.name}-{n}.log").read_text(errors="replace") for n in range(1, self.starts + 1)
         )
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
@@ -165,6 +182,33 @@ class Operator:
                 continue
             total += float(value)
         return total
+
+
+def install_chart_service_account(cluster: Cluster, namespace: str, workdir: Path) -> Path:
+    """Installs the Helm chart (CRDs already applied) and returns a kubeconfig authenticated as
+    its ServiceAccount, so that an out-of-cluster `fedid run` has exactly the chart's RBAC."""
+    helm = str(cluster.bin / "helm")
+    subprocess.run(
+        [helm, "upgrade", "--install", "fedid", str(REPO_ROOT / "charts" / "fedid"), "--namespace", namespace,
+         "--create-namespace", "--skip-crds", "--wait=false"],
+        check=True, capture_output=True, text=True, env=cluster.env(), timeout=120,
+    )
+    token = cluster.kubectl("create", "token", "fedid", "-n", namespace, "--duration=6h").stdout.strip()
+    server = cluster.kubectl("config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}").stdout
+    kubeconfig = workdir / "service-account.kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "e2e", "cluster": {"server": server, "certificate-authority": str(cluster.ca_file)}}],
+                "users": [{"name": "fedid", "user": {"token": token}}],
+                "contexts": [{"name": "fedid", "context": {"cluster": "e2e", "user": "fedid"}}],
+                "current-context": "fedid",
+            }
+        )
+    )
+    return kubeconfig
 
 
 def jwks_for(operator: Operator, issuer_url: str) -> dict:

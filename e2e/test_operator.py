@@ -1,8 +1,9 @@
 """End-to-end behaviour of the fedid operator on a real control plane.
 
-`fedid run` runs out of cluster as a process; kubectl creates issuers and
-identities the way a user would; tokens are verified with PyJWT against the
-JWKS fetched over HTTPS from the operator.
+`fedid run` runs out of cluster as a process, authenticated as the Helm chart's
+ServiceAccount, so every test here also proves the chart's RBAC is sufficient;
+kubectl creates issuers and identities the way a user would; tokens are
+verified with PyJWT against the JWKS fetched over HTTPS from the operator.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fedid_harness import (
     events_for,
     fedid_binary,
     get_json,
+    install_chart_service_account,
     jwks_for,
     secret_data,
     verify_token,
@@ -79,7 +81,8 @@ def operator(cluster: Cluster) -> Iterator[Operator]:
         cluster.kubectl("create", "namespace", namespace, check=False)
     cluster.kubectl("label", "namespace", LABELLED_TEAM, "fedid.dev/ci=enabled", "--overwrite")
     workdir = Path(tempfile.mkdtemp(prefix="fedid-e2e-operator-"))
-    running = Operator(cluster=cluster, binary=fedid_binary(), workdir=workdir)
+    service_account = install_chart_service_account(cluster, OPERATOR_NAMESPACE, workdir)
+    running = Operator(cluster=cluster, binary=fedid_binary(), workdir=workdir, kubeconfig=service_account)
     running.start()
     wait_for("the CRDs to be served", lambda: cluster.apply(issuer_manifest(running)).returncode == 0)
     cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{ISSUER}", "--timeout=60s")
@@ -194,9 +197,11 @@ def test_issuer_status_and_static_files(cluster: Cluster, operator: Operator) ->
     assert status["jwksURL"] == f"{operator.issuer_url(ISSUER)}/.well-known/jwks.json"
     assert status["nextRotationTime"]
 
-    # Private keys live only in the operator's namespace.
+    # Private keys live only in the operator's namespace, never where identities live.
     keys = get_json(cluster, "secrets", "-A", "-l", f"fedid.dev/issuer={ISSUER}")["items"]
-    assert [s["metadata"]["namespace"] for s in keys] == [OPERATOR_NAMESPACE]
+    namespaces = {s["metadata"]["namespace"] for s in keys}
+    assert OPERATOR_NAMESPACE in namespaces
+    assert not namespaces & {TEAM, OTHER_TEAM, LABELLED_TEAM}
 
     # `fedid issuer files` prints what a static site would host, identical to what is served.
     printed = subprocess.run(
@@ -381,6 +386,11 @@ def test_foreign_secret_is_never_taken_over(cluster: Cluster, operator: Operator
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert after["decoded"] == {"token": "theirs"}
     assert "ownerReferences" not in after["metadata"]
+    # fedid's identity cannot even read it.
+    assert operator.kubeconfig is not None
+    denied = cluster.kubectl("--kubeconfig", str(operator.kubeconfig), "get", "secret", "someone-elses", "-n", TEAM,
+                             check=False)
+    assert denied.returncode != 0 and "Forbidden" in denied.stderr, denied.stderr
 
 
 def test_namespace_policy_is_enforced(cluster: Cluster, operator: Operator) -> None:
@@ -405,11 +415,9 @@ def test_restart_does_not_rewrite_valid_tokens(cluster: Cluster, operator: Opera
     cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=60s")
 
     def versions() -> dict[str, str]:
-        secrets = get_json(cluster, "secrets", "-A", "-l", "app.kubernetes.io/managed-by=fedid")["items"]
+        secrets = get_json(cluster, "secrets", "-A", "-l", "fedid.dev/identity,fedid.dev/identity!=short")["items"]
         return {
-            f"{s['metadata']['namespace']}/{s['metadata']['name']}": s["metadata"]["resourceVersion"]
-            for s in secrets
-            if s["metadata"]["namespace"] != OPERATOR_NAMESPACE and s["metadata"]["labels"]["fedid.dev/identity"] != "short"
+            f"{s['metadata']['namespace']}/{s['metadata']['name']}": s["metadata"]["resourceVersion"] for s in secrets
         }
 
     def identity_versions() -> dict[str, str]:
