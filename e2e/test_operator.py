@@ -441,3 +441,42 @@ def test_restart_does_not_rewrite_valid_tokens(cluster: Cluster, operator: Opera
     # ...and none of those still-valid tokens was re-minted, nor any status rewritten.
     assert versions() == before
     assert identity_versions() == identities_before
+
+
+def test_chart_upgrade_keeps_keys_and_tokens_valid(cluster: Cluster, operator: Operator) -> None:
+    chart_issuer = f"chart-{RUN}"
+    helm = str(cluster.bin / "helm")
+
+    def upgrade(*values: str) -> None:
+        result = subprocess.run(
+            [helm, "upgrade", "fedid", str(REPO_ROOT / "charts" / "fedid"), "-n", OPERATOR_NAMESPACE,
+             "--reuse-values", "--skip-crds", *values],
+            capture_output=True, text=True, env=cluster.env(), timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+
+    upgrade(
+        "--set", "issuer.create=true", "--set", f"issuer.name={chart_issuer}", "--set", "issuer.default=false",
+        "--set", f"issuer.url={operator.issuer_url(chart_issuer)}", "--set", "issuer.signing.prepublishPeriod=2s",
+        "--set", f"issuer.allowedNamespaces.names={{{TEAM}}}",
+    )
+    cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{chart_issuer}", "--timeout=60s")
+    cluster.apply(identity_manifest("chart-user", issuerRef=chart_issuer))
+    cluster.kubectl("wait", "--for=condition=Ready", "fid/chart-user", "-n", TEAM, "--timeout=60s")
+    keys_before = get_json(cluster, "secret", f"fedid-keys-{chart_issuer}", "-n", OPERATOR_NAMESPACE)
+    token_before = secret_data(cluster, TEAM, "chart-user-token")
+
+    # A changed value: more replicas, a longer retirement margin, debug logs.
+    upgrade("--set", "replicaCount=3", "--set", "issuer.signing.retirementMargin=2h", "--set", "logLevel=debug")
+    assert get_json(cluster, "deployment", "fedid", "-n", OPERATOR_NAMESPACE)["spec"]["replicas"] == 3
+    wait_for(
+        "the issuer to observe the upgraded spec",
+        lambda: (issuer := get_json(cluster, "identityissuer", chart_issuer))["status"].get("observedGeneration")
+        == issuer["metadata"]["generation"] and condition(issuer)["status"] == "True",
+    )
+    keys_after = get_json(cluster, "secret", f"fedid-keys-{chart_issuer}", "-n", OPERATOR_NAMESPACE)
+    assert keys_after["metadata"]["resourceVersion"] == keys_before["metadata"]["resourceVersion"], "keys changed"
+    token_after = secret_data(cluster, TEAM, "chart-user-token")
+    assert token_after["decoded"]["token"] == token_before["decoded"]["token"]
+    verify_token(operator, token_after["decoded"]["token"], operator.issuer_url(chart_issuer), "sts.example.com")
+    cluster.kubectl("wait", "--for=condition=Ready", "fid/chart-user", "-n", TEAM, "--timeout=10s")

@@ -87,7 +87,10 @@ pub fn crd_manifests() -> Result<Vec<CrdManifest>, CrdRenderError> {
 
 /// Joins manifests into one multi-document YAML stream (each document starts with `---`).
 pub fn multi_document_yaml(manifests: &[CrdManifest]) -> String {
-    manifests.iter().map(|manifest| manifest.yaml.as_str()).collect()
+    manifests
+        .iter()
+        .map(|manifest| manifest.yaml.as_str())
+        .collect()
 }
 
 #[cfg(test)]
