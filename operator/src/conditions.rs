@@ -77,6 +77,17 @@ pub struct ConditionUpdate {
     pub observed_generation: Option<i64>,
 }
 
+/// The `Ready` condition among `conditions`, if there is one.
+pub fn ready_condition(conditions: &[Condition]) -> Option<&Condition> {
+    conditions.iter().find(|condition| condition.type_ == READY)
+}
+
+/// The `Ready` condition's status and reason: what an Event-worthy transition changes.
+pub fn ready_state(conditions: &[Condition]) -> Option<(&str, &str)> {
+    ready_condition(conditions)
+        .map(|condition| (condition.status.as_str(), condition.reason.as_str()))
+}
+
 /// Inserts or replaces the condition of `update.type_`. `lastTransitionTime` is set to `now`
 /// (whole seconds) when the condition is new or its status changes, and kept otherwise.
 /// Returns whether anything changed, so callers can skip writing an unchanged status.

@@ -240,72 +240,38 @@ fn respond(document: &ServedDocument, max_age: u64, request: &HeaderMap, head: b
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use axum::{body::to_bytes, http::Request};
-    use k8s_openapi::{ByteString, api::core::v1::Secret};
-    use kube::{
-        api::ObjectMeta,
-        runtime::{reflector, watcher},
-    };
+    use serde_json::json;
     use tower::ServiceExt;
 
     use super::*;
-    use crate::{
-        crd::{IdentityIssuer, IdentityIssuerSpec, SigningAlgorithm},
-        issuer::{KEY_RING_DATA_KEY, key_ring_secret_name},
-        keys::{KeyRing, generate_key},
-    };
-
-    const NAMESPACE: &str = "fedid-system";
-
-    fn issuer(name: &str, url: &str) -> IdentityIssuer {
-        let spec: IdentityIssuerSpec =
-            serde_json::from_value(serde_json::json!({ "issuerURL": url })).unwrap();
-        let mut issuer = IdentityIssuer::new(name, spec);
-        issuer.metadata.resource_version = Some("1".into());
-        issuer
-    }
-
-    fn key_secret(issuer: &str, ring: &KeyRing) -> Secret {
-        Secret {
-            metadata: ObjectMeta {
-                name: Some(key_ring_secret_name(issuer)),
-                namespace: Some(NAMESPACE.into()),
-                resource_version: Some("7".into()),
-                ..ObjectMeta::default()
-            },
-            data: Some(BTreeMap::from([(
-                KEY_RING_DATA_KEY.to_owned(),
-                ByteString(ring.to_json().unwrap()),
-            )])),
-            ..Secret::default()
-        }
-    }
+    use crate::fixtures;
 
     /// A router over one issuer at `/clusters/prod` with one RS256 key, and an issuer without keys.
     fn app(synced: bool) -> (Router, String) {
-        let now = jiff::Timestamp::now();
-        let key = generate_key(SigningAlgorithm::RS256, now).unwrap();
-        let kid = key.kid.clone();
-        let ring = KeyRing {
-            keys: vec![key],
-            last_rotation_request: None,
+        let ring = fixtures::ring();
+        let kid = ring.keys[0].kid.clone();
+        let registry = fixtures::registry(vec![
+            (
+                fixtures::issuer(
+                    "prod",
+                    json!({"issuerURL": "https://fedid.example.com/clusters/prod"}),
+                ),
+                Some(ring),
+            ),
+            (
+                fixtures::issuer(
+                    "empty",
+                    json!({"issuerURL": "https://fedid.example.com/clusters/empty"}),
+                ),
+                None,
+            ),
+        ]);
+        let registry = if synced {
+            registry
+        } else {
+            Arc::new(IssuerRegistry::default())
         };
-        let (store, mut writer) = reflector::store::<Secret>();
-        writer.apply_watcher_event(&watcher::Event::Apply(key_secret("prod", &ring)));
-        let registry = Arc::new(IssuerRegistry::default());
-        registry.refresh(
-            &[
-                Arc::new(issuer("prod", "https://fedid.example.com/clusters/prod")),
-                Arc::new(issuer("empty", "https://fedid.example.com/clusters/empty")),
-            ],
-            &store,
-            NAMESPACE,
-        );
-        if synced {
-            registry.mark_synced();
-        }
         let state = AppState {
             registry,
             metrics: Arc::new(Metrics::default()),

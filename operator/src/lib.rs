@@ -19,6 +19,8 @@ pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod discovery;
+#[cfg(test)]
+pub mod fixtures;
 pub mod http;
 pub mod issuer;
 pub mod issuer_config;

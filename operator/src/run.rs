@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
 use crate::{
+    conditions::ready_condition,
     controller::{
         Context, Settings,
         identity::{self, IdentityContext, IdentityState},
@@ -383,12 +384,7 @@ fn observe(identities: &Store<FederatedIdentity>) -> Vec<IdentityObservation> {
                     name: identity.name_any(),
                 },
                 ready: status
-                    .and_then(|status| {
-                        status
-                            .conditions
-                            .iter()
-                            .find(|condition| condition.type_ == crate::conditions::READY)
-                    })
+                    .and_then(|status| ready_condition(&status.conditions))
                     .map(|condition| ConditionLabels {
                         status: condition.status.clone(),
                         reason: condition.reason.clone(),

@@ -23,16 +23,16 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
     runtime::{controller::Action, events::EventType, reflector::ObjectRef, reflector::Store},
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use tracing::{debug, info, warn};
 
-use super::{Context, FIELD_MANAGER, error_chain, until};
+use super::{Context, FIELD_MANAGER, apply_status, error_chain, until};
 use crate::{
     claims::{ClaimsInput, build_claims, validate_identity_spec},
     conditions::{
         ConditionStatus, ConditionUpdate, IdentityOutcome, READY, identity_ready_condition,
-        set_condition,
+        ready_state, set_condition,
     },
     crd::{FederatedIdentity, FederatedIdentityStatus},
     issuer::{IssuerRegistry, LoadedIssuer, Unusable},
@@ -688,27 +688,9 @@ async fn write_status(
         .namespace()
         .ok_or(IdentityError::MissingMetadata("namespace"))?;
     let api = Api::<FederatedIdentity>::namespaced(ctx.client.clone(), &namespace);
-    let patch = json!({
-        "apiVersion": FederatedIdentity::api_version(&()),
-        "kind": FederatedIdentity::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &identity.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(|_| ())
-    .map_err(IdentityError::WriteStatus)
-}
-
-fn ready_state(status: &FederatedIdentityStatus) -> Option<(String, String)> {
-    status
-        .conditions
-        .iter()
-        .find(|condition| condition.type_ == READY)
-        .map(|condition| (condition.status.clone(), condition.reason.clone()))
+    apply_status(&api, &identity.name_any(), status)
+        .await
+        .map_err(IdentityError::WriteStatus)
 }
 
 /// Publishes an Event when the Ready state or the failure reason changed; never on a pass
@@ -720,7 +702,7 @@ async fn publish_transition(
     status: &FederatedIdentityStatus,
     result: &Result<Issued, IdentityError>,
 ) {
-    let ready_changed = ready_state(previous) != ready_state(status);
+    let ready_changed = ready_state(&previous.conditions) != ready_state(&status.conditions);
     let failure_changed = previous.last_failure_reason != status.last_failure_reason;
     if !(ready_changed || failure_changed) {
         return;
@@ -770,7 +752,8 @@ mod tests {
     }
 
     fn ready(status: &FederatedIdentityStatus) -> (String, String) {
-        ready_state(status).expect("a Ready condition")
+        let (status, reason) = ready_state(&status.conditions).expect("a Ready condition");
+        (status.to_owned(), reason.to_owned())
     }
 
     #[test]
@@ -949,5 +932,226 @@ mod tests {
             "forgotten once the cache caught up"
         );
         assert!(writes.freshest(&key, None).is_none());
+    }
+
+    /// Request-level checks against a mock apiserver: every request fedid makes is asserted,
+    /// in order, and anything unexpected fails the test.
+    mod apiserver {
+        use std::sync::Arc;
+
+        use http::{Method, Request, Response, StatusCode};
+        use kube::{
+            Client,
+            client::Body,
+            runtime::{reflector, watcher},
+        };
+        use serde_json::{Value, json};
+        use tower_test::mock::{Handle, pair};
+
+        use super::super::*;
+        use crate::{
+            controller::{Context, Settings},
+            fixtures,
+            keys::KeyRing,
+            metrics::Metrics,
+        };
+
+        const TEAM: &str = "team-a";
+
+        fn identity_json() -> Value {
+            json!({
+                "apiVersion": "fedid.dev/v1alpha1",
+                "kind": "FederatedIdentity",
+                "metadata": {"name": "deploy", "namespace": TEAM, "uid": "uid-deploy", "generation": 1},
+                "spec": {"audiences": ["sts.example.com"]},
+            })
+        }
+
+        fn identity() -> FederatedIdentity {
+            serde_json::from_value(identity_json()).unwrap()
+        }
+
+        /// A context whose issuer `ci` (the default, signing with `ring`) allows `team-a`, with
+        /// the given cached Secrets.
+        fn context(
+            ring: &KeyRing,
+            cached: Vec<Secret>,
+        ) -> (Arc<IdentityContext>, Handle<Request<Body>, Response<Body>>) {
+            let (service, handle) = pair::<Request<Body>, Response<Body>>();
+            let client = Client::new(service, "default");
+            let mut issuer = fixtures::issuer(
+                "ci",
+                json!({
+                    "issuerURL": "https://fedid.example.com/ci",
+                    "allowedNamespaces": {"names": [TEAM]},
+                }),
+            );
+            issuer
+                .metadata
+                .annotations
+                .get_or_insert_default()
+                .insert("fedid.dev/default-issuer".into(), "true".into());
+            let registry = fixtures::registry(vec![(issuer, Some(ring.clone()))]);
+            let settings = Settings {
+                namespace: fixtures::NAMESPACE.into(),
+                min_token_lifetime: Duration::from_secs(600),
+                renew_before_expiry: Duration::from_secs(300),
+                concurrency: 1,
+            };
+            let (secrets, mut writer) = reflector::store::<Secret>();
+            writer.apply_watcher_event(&watcher::Event::Init);
+            for secret in cached {
+                writer.apply_watcher_event(&watcher::Event::InitApply(secret));
+            }
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+            let shared = Arc::new(Context::new(
+                client,
+                registry,
+                Arc::new(Metrics::default()),
+                settings,
+                None,
+            ));
+            let ctx = IdentityContext {
+                shared,
+                state: IdentityState {
+                    secrets,
+                    recent_writes: RecentWrites::default(),
+                },
+            };
+            (Arc::new(ctx), handle)
+        }
+
+        async fn body_json(request: Request<Body>) -> Value {
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        }
+
+        fn respond(status: StatusCode, body: &Value) -> Response<Body> {
+            Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(body).unwrap()))
+                .unwrap()
+        }
+
+        /// Fails on any request arriving within 300 ms (a dropped client is fine).
+        async fn assert_no_request(handle: &mut Handle<Request<Body>, Response<Body>>) {
+            if let Ok(Some((request, _))) =
+                tokio::time::timeout(Duration::from_millis(300), handle.next_request()).await
+            {
+                panic!("unexpected request: {} {}", request.method(), request.uri());
+            }
+        }
+
+        async fn next(
+            handle: &mut Handle<Request<Body>, Response<Body>>,
+        ) -> (
+            Request<Body>,
+            tower_test::mock::SendResponse<Response<Body>>,
+        ) {
+            tokio::time::timeout(Duration::from_secs(2), handle.next_request())
+                .await
+                .expect("fedid made the expected request")
+                .expect("the client is alive")
+        }
+
+        #[tokio::test]
+        async fn a_foreign_secret_is_found_by_a_failed_create_and_never_written() {
+            let (ctx, mut handle) = context(&fixtures::ring(), Vec::new());
+            let server = tokio::spawn(async move {
+                let (request, send) = next(&mut handle).await;
+                assert_eq!(request.method(), Method::POST);
+                assert_eq!(request.uri().path(), "/api/v1/namespaces/team-a/secrets");
+                let secret = body_json(request).await;
+                assert_eq!(secret["metadata"]["name"], "deploy-token");
+                assert_eq!(
+                    secret["metadata"]["ownerReferences"][0]["uid"],
+                    "uid-deploy"
+                );
+                send.send_response(respond(
+                    StatusCode::CONFLICT,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409,
+                            "reason": "AlreadyExists", "message": "secrets \"deploy-token\" already exists"}),
+                ));
+
+                let (request, send) = next(&mut handle).await;
+                assert_eq!(request.method(), Method::PATCH);
+                assert_eq!(
+                    request.uri().path(),
+                    "/apis/fedid.dev/v1alpha1/namespaces/team-a/federatedidentities/deploy/status"
+                );
+                assert!(
+                    request
+                        .uri()
+                        .query()
+                        .unwrap_or_default()
+                        .contains("fieldManager=fedid.dev")
+                );
+                let patch = body_json(request).await;
+                assert_eq!(patch["status"]["conditions"][0]["reason"], "SecretConflict");
+                assert_eq!(patch["status"]["conditions"][0]["status"], "False");
+                send.send_response(respond(StatusCode::OK, &identity_json()));
+
+                let (request, send) = next(&mut handle).await;
+                assert_eq!(request.method(), Method::POST);
+                assert_eq!(
+                    request.uri().path(),
+                    "/apis/events.k8s.io/v1/namespaces/team-a/events"
+                );
+                let event = body_json(request).await;
+                assert_eq!(event["reason"], "SecretConflict");
+                assert_eq!(event["type"], "Warning");
+                send.send_response(respond(StatusCode::OK, &event));
+                handle
+            });
+            let action = reconcile(Arc::new(identity()), ctx)
+                .await
+                .expect("reconcile");
+            assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+            let mut handle = server
+                .await
+                .expect("the mock apiserver saw what it expected");
+            // Nothing else: no write to the foreign Secret, no retry of the create.
+            assert_no_request(&mut handle).await;
+        }
+
+        #[tokio::test]
+        async fn a_valid_token_with_a_current_status_makes_no_request_at_all() {
+            // First pass: create the Secret, then report the status; keep what was written.
+            let ring = fixtures::ring();
+            let (ctx, mut handle) = context(&ring, Vec::new());
+            let server = tokio::spawn(async move {
+                let (request, send) = next(&mut handle).await;
+                let mut secret = body_json(request).await;
+                secret["metadata"]["resourceVersion"] = json!("5");
+                send.send_response(respond(StatusCode::CREATED, &secret));
+                let (request, send) = next(&mut handle).await;
+                let status = body_json(request).await["status"].clone();
+                send.send_response(respond(StatusCode::OK, &identity_json()));
+                let (_event, send) = next(&mut handle).await;
+                send.send_response(respond(StatusCode::OK, &json!({})));
+                (secret, status)
+            });
+            reconcile(Arc::new(identity()), ctx)
+                .await
+                .expect("first pass");
+            let (secret, status) = server.await.unwrap();
+
+            // A restarted operator: the Secret is in its cache, the status on the object.
+            let secret: Secret = serde_json::from_value(secret).unwrap();
+            let (ctx, mut handle) = context(&ring, vec![secret]);
+            let mut current = identity();
+            current.status = Some(serde_json::from_value(status).unwrap());
+            let pass = tokio::spawn(reconcile(Arc::new(current), ctx));
+            // A still-valid token and an unchanged status must cause no request at all.
+            assert_no_request(&mut handle).await;
+            let action = pass.await.unwrap().expect("second pass");
+            // It comes back at the renewal time, 2/3 of the default 1h lifetime ±10%.
+            let renew_in = (1..=3600)
+                .map(Duration::from_secs)
+                .find(|delay| action == Action::requeue(*delay))
+                .expect("a requeue at the renewal time");
+            assert!((2160..=2640).contains(&renew_in.as_secs()), "{renew_in:?}");
+        }
     }
 }

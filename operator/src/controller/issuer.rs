@@ -19,12 +19,11 @@ use kube::{
     api::{ObjectMeta, Patch, PatchParams, PostParams},
     runtime::{controller::Action, events::EventType},
 };
-use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Context, FIELD_MANAGER, error_chain, until};
+use super::{Context, FIELD_MANAGER, apply_status, error_chain, until};
 use crate::{
-    conditions::{IssuerOutcome, issuer_ready_condition, set_condition},
+    conditions::{IssuerOutcome, issuer_ready_condition, ready_state, set_condition},
     crd::{IdentityIssuer, IdentityIssuerStatus},
     issuer::{
         ISSUER_LABEL, KEY_RING_DATA_KEY, LoadedIssuer, key_ring_from_secret, key_ring_secret_name,
@@ -174,14 +173,7 @@ pub async fn reconcile(
         ctx.metrics.count_failure("issuer", error.reason());
         warn!(reason = error.reason(), error = %error_chain(error), "issuer not ready");
     }
-    let ready = |status: &IdentityIssuerStatus| {
-        status
-            .conditions
-            .iter()
-            .find(|condition| condition.type_ == crate::conditions::READY)
-            .map(|condition| (condition.status.clone(), condition.reason.clone()))
-    };
-    if ready(&previous) != ready(&status) {
+    if ready_state(&previous.conditions) != ready_state(&status.conditions) {
         let object = issuer.object_ref(&());
         match &result {
             Ok(_) => {
@@ -496,17 +488,7 @@ async fn write_status(
     status: &IdentityIssuerStatus,
 ) -> Result<(), IssuerError> {
     let api = Api::<IdentityIssuer>::all(ctx.client.clone());
-    let patch = json!({
-        "apiVersion": IdentityIssuer::api_version(&()),
-        "kind": IdentityIssuer::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &issuer.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(|_| ())
-    .map_err(IssuerError::api("write the IdentityIssuer status"))
+    apply_status(&api, &issuer.name_any(), status)
+        .await
+        .map_err(IssuerError::api("write the IdentityIssuer status"))
 }

@@ -12,9 +12,12 @@ use std::{sync::Arc, time::Duration};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
-    Client,
+    Api, Client, Resource,
+    api::{Patch, PatchParams},
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
 use tracing::warn;
 
 use crate::{issuer::IssuerRegistry, metrics::Metrics};
@@ -102,6 +105,30 @@ impl Context {
             warn!(%error, reason, "failed to publish an Event");
         }
     }
+}
+
+/// Server-side-applies `status` to the status subresource of object `name`, as fedid's field
+/// manager: only the fields fedid owns are sent.
+pub async fn apply_status<K>(
+    api: &Api<K>,
+    name: &str,
+    status: &impl Serialize,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// How long until `at`, at least one second (a requeue in the past would spin).
