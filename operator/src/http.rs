@@ -154,7 +154,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render((state.observe_identities)());
+    let now = jiff::Timestamp::now();
+    let published = state
+        .registry
+        .all()
+        .into_iter()
+        .map(|issuer| (issuer.name(), issuer.published_kids(now).len()));
+    let body = state
+        .metrics
+        .render((state.observe_identities)(), published);
     (
         [(
             header::CONTENT_TYPE,
@@ -393,6 +401,12 @@ mod tests {
         let metrics = get(&loaded, "/metrics", &[]).await;
         assert_eq!(metrics.status(), StatusCode::OK);
         let text = to_bytes(metrics.into_body(), 1 << 20).await.unwrap();
-        assert!(String::from_utf8_lossy(&text).contains("# EOF"));
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.contains(r#"fedid_issuer_published_keys{issuer="prod"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"fedid_issuer_published_keys{issuer="empty"} 0"#));
+        assert!(text.contains("# EOF"));
     }
 }

@@ -118,7 +118,27 @@ pub struct LoadedIssuer {
     ring: KeyRing,
     signers: HashMap<String, Arc<Signer>>,
     documents: Mutex<Option<Arc<ServedDocuments>>>,
-    version: (Option<String>, Option<String>),
+    version: LoadedVersion,
+}
+
+/// What a loaded issuer was built from: the issuer's generation and annotations (its spec and
+/// the default/rotation markers; status-only updates do not count) and the key ring's
+/// resourceVersion. An unchanged version means nothing to reload and nobody to notify.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LoadedVersion {
+    generation: Option<i64>,
+    annotations: std::collections::BTreeMap<String, String>,
+    key_ring: Option<String>,
+}
+
+impl LoadedVersion {
+    fn of(resource: &IdentityIssuer, key_secret: Option<&Secret>) -> Self {
+        Self {
+            generation: resource.meta().generation,
+            annotations: resource.annotations().clone(),
+            key_ring: key_secret.and_then(|secret| secret.resource_version()),
+        }
+    }
 }
 
 impl std::fmt::Debug for LoadedIssuer {
@@ -133,10 +153,7 @@ impl std::fmt::Debug for LoadedIssuer {
 impl LoadedIssuer {
     /// Loads an issuer and its key-ring Secret (absent before the first key exists).
     pub fn load(resource: Arc<IdentityIssuer>, key_secret: Option<&Secret>) -> Self {
-        let version = (
-            resource.resource_version(),
-            key_secret.and_then(|secret| secret.resource_version()),
-        );
+        let version = LoadedVersion::of(&resource, key_secret);
         let config = validate_issuer_spec(&resource.spec)
             .map_err(|error| Unusable::InvalidSpec(error.to_string()));
         let (ring, config) = match key_ring_from_secret(key_secret) {
@@ -308,10 +325,7 @@ impl IssuerRegistry {
             let name = resource.name_any();
             let secret = key_secrets
                 .get(&reflector::ObjectRef::new(&key_ring_secret_name(&name)).within(namespace));
-            let version = (
-                resource.resource_version(),
-                secret.as_ref().and_then(|secret| secret.resource_version()),
-            );
+            let version = LoadedVersion::of(resource, secret.as_deref());
             let loaded = match current.get(&name) {
                 Some(existing) if existing.version == version => existing.clone(),
                 _ => {
@@ -394,5 +408,73 @@ pub async fn sync_registry(
             // The identity controller may be gone during shutdown; nothing to do then.
             let _ = changes.send(issuer.as_ref().clone()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::fixtures;
+
+    fn loaded_store(ring: &KeyRing, version: &str) -> Store<Secret> {
+        let mut secret = fixtures::key_secret("ci", ring);
+        secret.metadata.resource_version = Some(version.into());
+        let (store, mut writer) = reflector::store::<Secret>();
+        writer.apply_watcher_event(&watcher::Event::Apply(secret));
+        store
+    }
+
+    #[test]
+    fn only_spec_annotation_and_key_changes_reload_an_issuer() {
+        let store = loaded_store(&fixtures::ring(), "7");
+        let mut issuer =
+            fixtures::issuer("ci", json!({"issuerURL": "https://fedid.example.com/ci"}));
+        issuer.metadata.generation = Some(1);
+        let registry = IssuerRegistry::default();
+        assert_eq!(
+            registry
+                .refresh(&[Arc::new(issuer.clone())], &store, fixtures::NAMESPACE)
+                .len(),
+            1
+        );
+
+        let mut status_only = issuer.clone();
+        status_only.metadata.resource_version = Some("2".into());
+        status_only.status = Some(Default::default());
+        assert!(
+            registry
+                .refresh(&[Arc::new(status_only)], &store, fixtures::NAMESPACE)
+                .is_empty(),
+            "a status write must not reload the issuer nor re-trigger its identities"
+        );
+
+        let mut rotate = issuer.clone();
+        rotate
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("fedid.dev/rotate-keys".into(), "1".into());
+        assert_eq!(
+            registry
+                .refresh(&[Arc::new(rotate.clone())], &store, fixtures::NAMESPACE)
+                .len(),
+            1
+        );
+
+        let new_keys = loaded_store(&fixtures::ring(), "8");
+        assert_eq!(
+            registry
+                .refresh(&[Arc::new(rotate)], &new_keys, fixtures::NAMESPACE)
+                .len(),
+            1
+        );
+
+        assert_eq!(
+            registry.refresh(&[], &new_keys, fixtures::NAMESPACE).len(),
+            1
+        );
+        assert!(registry.get("ci").is_none(), "a deleted issuer is dropped");
     }
 }

@@ -1,9 +1,9 @@
 //! Prometheus metrics served at `/metrics`.
 //!
 //! Counters and histograms are updated by the reconcilers as they act. The
-//! per-identity gauges (identities by condition, token expiry) are recomputed
-//! from the controller's cache at scrape time, so a deleted identity can never
-//! leave a stale series behind.
+//! gauges (identities by condition, token expiry, published keys per issuer) are
+//! recomputed at scrape time from the caches, so a deleted identity or issuer can
+//! never leave a stale series behind.
 
 use std::sync::atomic::AtomicU64;
 
@@ -83,8 +83,7 @@ pub struct Metrics {
     pub reconciles: Family<ControllerLabels, Counter>,
     /// Time spent signing one token, in seconds.
     pub signing_duration: Histogram,
-    /// Keys currently published in each issuer's JWKS.
-    pub published_keys: Family<IssuerLabels, Gauge>,
+    published_keys: Family<IssuerLabels, Gauge>,
     /// Signing keys created, by issuer (bootstrap, scheduled and forced rotations).
     pub keys_created: Family<IssuerLabels, Counter>,
 }
@@ -174,10 +173,21 @@ impl Metrics {
             .inc();
     }
 
-    /// Renders the OpenMetrics text, first replacing the per-identity gauges with `identities`.
-    pub fn render(&self, identities: impl IntoIterator<Item = IdentityObservation>) -> String {
+    /// Renders the OpenMetrics text, first replacing the gauges with `identities` and with
+    /// `published_keys`, the number of keys each issuer publishes.
+    pub fn render(
+        &self,
+        identities: impl IntoIterator<Item = IdentityObservation>,
+        published_keys: impl IntoIterator<Item = (String, usize)>,
+    ) -> String {
         self.identities.clear();
         self.token_expiry.clear();
+        self.published_keys.clear();
+        for (issuer, keys) in published_keys {
+            self.published_keys
+                .get_or_create(&IssuerLabels { issuer })
+                .set(i64::try_from(keys).unwrap_or(i64::MAX));
+        }
         for observation in identities {
             let ready = observation.ready.unwrap_or_else(|| ConditionLabels {
                 status: "Unknown".to_owned(),
@@ -225,11 +235,18 @@ mod tests {
     #[test]
     fn scrape_counts_identities_by_condition_and_drops_deleted_ones() {
         let metrics = Metrics::default();
-        let text = metrics.render(vec![
-            observation("a", "True", "Issued", Some(1_800_000_000)),
-            observation("b", "True", "Issued", Some(1_800_000_100)),
-            observation("c", "False", "SecretConflict", None),
-        ]);
+        let text = metrics.render(
+            vec![
+                observation("a", "True", "Issued", Some(1_800_000_000)),
+                observation("b", "True", "Issued", Some(1_800_000_100)),
+                observation("c", "False", "SecretConflict", None),
+            ],
+            vec![("ci".to_owned(), 2), ("old".to_owned(), 1)],
+        );
+        assert!(
+            text.contains(r#"fedid_issuer_published_keys{issuer="ci"} 2"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"fedid_identities{status="True",reason="Issued"} 2"#),
             "{text}"
@@ -239,12 +256,14 @@ mod tests {
             r#"fedid_token_expiration_timestamp_seconds{namespace="ci",name="a"} 1800000000.0"#
         ));
 
-        let text = metrics.render(vec![observation(
-            "a",
-            "True",
-            "Issued",
-            Some(1_800_000_000),
-        )]);
+        let text = metrics.render(
+            vec![observation("a", "True", "Issued", Some(1_800_000_000))],
+            vec![("ci".to_owned(), 2)],
+        );
+        assert!(
+            !text.contains(r#"issuer="old""#),
+            "a deleted issuer must leave no series"
+        );
         assert!(text.contains(r#"fedid_identities{status="True",reason="Issued"} 1"#));
         assert!(
             !text.contains("SecretConflict"),
@@ -259,7 +278,7 @@ mod tests {
         let metrics = Metrics::default();
         metrics.count_failure("identity", "ApiError");
         metrics.count_failure("identity", "ApiError");
-        let text = metrics.render(Vec::new());
+        let text = metrics.render(Vec::new(), Vec::new());
         assert!(
             text.contains(
                 r#"fedid_reconcile_failures_total{controller="identity",reason="ApiError"} 2"#

@@ -147,12 +147,6 @@ pub async fn reconcile(
                 publish_key_event(&issuer, &ctx, step).await;
             }
             let loaded = LoadedIssuer::load(issuer.clone(), Some(&keys.secret));
-            ctx.metrics
-                .published_keys
-                .get_or_create(&crate::metrics::IssuerLabels {
-                    issuer: issuer.name_any(),
-                })
-                .set(i64::try_from(loaded.published_kids(now).len()).unwrap_or(i64::MAX));
             // The mirror is secondary: the issuer serves and signs without it, so a failure is
             // retried (error policy) after the status is written, not instead of it.
             static_files = write_static_files(&issuer, &loaded, &ctx, now).await;
