@@ -125,118 +125,21 @@ pub fn set_condition(
     }
 }
 
-/// The outcome of reconciling a FederatedIdentity, as far as its `Ready` condition is
-/// concerned.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum IdentityOutcome {
-    /// The Secret holds a valid token.
-    Issued {
-        /// Name of the Secret.
-        secret_name: String,
-        /// When the token expires.
-        expires_at: Timestamp,
-    },
-    /// The spec cannot be served; `message` explains why.
-    InvalidSpec {
-        /// The validation error.
-        message: String,
-    },
-    /// The issuer does not exist (or no unique default issuer does).
-    IssuerNotFound {
-        /// Explanation naming the issuer.
-        message: String,
-    },
-    /// The issuer exists but has no usable signing key or an invalid spec.
-    IssuerNotReady {
-        /// Name of the issuer.
-        issuer: String,
-    },
-    /// The issuer does not allow the namespace.
-    NamespaceNotAllowed {
-        /// Name of the issuer.
-        issuer: String,
-        /// The identity's namespace.
-        namespace: String,
-    },
-    /// The Secret exists and is not owned by the identity.
-    SecretConflict {
-        /// Name of the Secret.
-        secret_name: String,
-    },
-    /// Signing failed.
-    SigningFailed {
-        /// The error.
-        message: String,
-    },
-    /// A Kubernetes API call failed.
-    ApiError {
-        /// The error.
-        message: String,
-    },
-}
-
-/// The `Ready` condition for an identity outcome.
-pub fn identity_ready_condition(
-    outcome: &IdentityOutcome,
+/// The `Ready` condition of an identity whose Secret holds a valid token. (Failures map to
+/// their condition through the reconciler's typed errors, each with its own reason.)
+pub fn identity_issued_condition(
+    secret_name: &str,
+    expires_at: Timestamp,
     observed_generation: Option<i64>,
 ) -> ConditionUpdate {
-    use identity_reasons as reasons;
-    let (status, reason, message) = match outcome {
-        IdentityOutcome::Issued {
-            secret_name,
-            expires_at,
-        } => (
-            ConditionStatus::True,
-            reasons::ISSUED,
-            format!(
-                "token in Secret {secret_name} is valid until {}",
-                whole_seconds(*expires_at)
-            ),
-        ),
-        IdentityOutcome::InvalidSpec { message } => (
-            ConditionStatus::False,
-            reasons::INVALID_SPEC,
-            message.clone(),
-        ),
-        IdentityOutcome::IssuerNotFound { message } => (
-            ConditionStatus::False,
-            reasons::ISSUER_NOT_FOUND,
-            message.clone(),
-        ),
-        IdentityOutcome::IssuerNotReady { issuer } => (
-            ConditionStatus::False,
-            reasons::ISSUER_NOT_READY,
-            format!("IdentityIssuer {issuer} is not ready to sign tokens"),
-        ),
-        IdentityOutcome::NamespaceNotAllowed { issuer, namespace } => (
-            ConditionStatus::False,
-            reasons::NAMESPACE_NOT_ALLOWED,
-            format!("IdentityIssuer {issuer} does not allow namespace {namespace}"),
-        ),
-        IdentityOutcome::SecretConflict { secret_name } => (
-            ConditionStatus::False,
-            reasons::SECRET_CONFLICT,
-            format!(
-                "Secret {secret_name} exists and is not owned by this FederatedIdentity; \
-                 delete it or set spec.secretName"
-            ),
-        ),
-        IdentityOutcome::SigningFailed { message } => (
-            ConditionStatus::False,
-            reasons::SIGNING_FAILED,
-            message.clone(),
-        ),
-        IdentityOutcome::ApiError { message } => (
-            ConditionStatus::Unknown,
-            reasons::API_ERROR,
-            message.clone(),
-        ),
-    };
     ConditionUpdate {
         type_: READY,
-        status,
-        reason,
-        message,
+        status: ConditionStatus::True,
+        reason: identity_reasons::ISSUED,
+        message: format!(
+            "token in Secret {secret_name} is valid until {}",
+            whole_seconds(expires_at)
+        ),
         observed_generation,
     }
 }
@@ -412,84 +315,16 @@ mod tests {
     }
 
     #[test]
-    fn identity_outcomes_map_to_documented_reasons() {
-        let cases = [
-            (
-                IdentityOutcome::Issued {
-                    secret_name: "web-token".into(),
-                    expires_at: at(1_800_003_600),
-                },
-                "True",
-                "Issued",
-                "token in Secret web-token is valid until 2027-01-15T09:00:00Z",
-            ),
-            (
-                IdentityOutcome::InvalidSpec {
-                    message: "bad".into(),
-                },
-                "False",
-                "InvalidSpec",
-                "bad",
-            ),
-            (
-                IdentityOutcome::IssuerNotFound {
-                    message: "IdentityIssuer ci not found".into(),
-                },
-                "False",
-                "IssuerNotFound",
-                "IdentityIssuer ci not found",
-            ),
-            (
-                IdentityOutcome::IssuerNotReady {
-                    issuer: "ci".into(),
-                },
-                "False",
-                "IssuerNotReady",
-                "IdentityIssuer ci is not ready to sign tokens",
-            ),
-            (
-                IdentityOutcome::NamespaceNotAllowed {
-                    issuer: "ci".into(),
-                    namespace: "web".into(),
-                },
-                "False",
-                "NamespaceNotAllowed",
-                "IdentityIssuer ci does not allow namespace web",
-            ),
-            (
-                IdentityOutcome::SecretConflict {
-                    secret_name: "web-token".into(),
-                },
-                "False",
-                "SecretConflict",
-                "Secret web-token exists and is not owned by this FederatedIdentity; delete it \
-                 or set spec.secretName",
-            ),
-            (
-                IdentityOutcome::SigningFailed {
-                    message: "boom".into(),
-                },
-                "False",
-                "SigningFailed",
-                "boom",
-            ),
-            (
-                IdentityOutcome::ApiError {
-                    message: "timeout".into(),
-                },
-                "Unknown",
-                "ApiError",
-                "timeout",
-            ),
-        ];
-        for (outcome, status, reason, message) in cases {
-            let condition = identity_ready_condition(&outcome, Some(4));
-            assert_eq!(condition.type_, READY);
-            assert_eq!(condition.status.as_str(), status);
-            assert_eq!(condition.reason, reason);
-            assert_eq!(condition.message, message);
-            assert_eq!(condition.observed_generation, Some(4));
-        }
+    fn issued_identity_is_ready_with_the_expiry() {
+        let condition = identity_issued_condition("web-token", at(1_800_003_600), Some(4));
+        assert_eq!(condition.type_, READY);
+        assert_eq!(condition.status, ConditionStatus::True);
+        assert_eq!(condition.reason, "Issued");
+        assert_eq!(
+            condition.message,
+            "token in Secret web-token is valid until 2027-01-15T09:00:00Z"
+        );
+        assert_eq!(condition.observed_generation, Some(4));
     }
 
     #[test]

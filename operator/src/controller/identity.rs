@@ -31,8 +31,8 @@ use super::{Context, FIELD_MANAGER, apply_status, error_chain, until};
 use crate::{
     claims::{ClaimsInput, build_claims, validate_identity_spec},
     conditions::{
-        ConditionStatus, ConditionUpdate, IdentityOutcome, READY, identity_ready_condition,
-        ready_state, set_condition,
+        ConditionStatus, ConditionUpdate, READY, identity_issued_condition, ready_state,
+        set_condition,
     },
     crd::{FederatedIdentity, FederatedIdentityStatus},
     issuer::{IssuerRegistry, LoadedIssuer, Unusable},
@@ -633,13 +633,9 @@ pub fn next_status(
             status.renew_at = Some(Time(issued.renew_at));
             status.failed_attempts = 0;
             status.last_failure_reason = None;
-            let outcome = IdentityOutcome::Issued {
-                secret_name: issued.secret_name.clone(),
-                expires_at: issued.expires_at,
-            };
             set_condition(
                 &mut status.conditions,
-                identity_ready_condition(&outcome, generation),
+                identity_issued_condition(&issued.secret_name, issued.expires_at, generation),
                 now,
             );
         }
