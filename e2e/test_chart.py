@@ -9,6 +9,7 @@ There is no kubelet, so pods never run: the tests assert objects, not processes.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -356,6 +357,7 @@ def test_deployment_runs_fedid_as_documented(cluster: Cluster, release: dict) ->
 # (verb, resource, namespace: "own" | "other" | "all" | None for cluster-scoped, allowed)
 RIGHTS = [
     # Identity Secrets anywhere: found through a label-selected list/watch, created, then applied.
+    # RBAC cannot restrict by label, so list and watch cover every Secret (see the next test).
     ("list", "secrets", "all", True),
     ("watch", "secrets", "all", True),
     ("create", "secrets", "other", True),
@@ -413,6 +415,31 @@ def test_service_account_has_exactly_the_documented_rights(cluster: Cluster, rel
         if (answer == "yes") != allowed:
             wrong.append(f"{verb} {resource}{'/' + subresource if subresource else ''} ({where}): {answer}")
     assert not wrong, "rights differ from the documented ones:\n" + "\n".join(wrong)
+
+
+def test_service_account_can_read_every_secret_by_listing(cluster: Cluster, release: dict, namespace: str) -> None:
+    """The READMEs' warning, checked the way a sceptic would: the cluster-wide list right (which
+    RBAC cannot narrow to fedid's labels) returns a foreign Secret's data, although a GET of the
+    same Secret, and deleting it, are forbidden."""
+    subject = f"system:serviceaccount:{release['namespace']}:{release['name']}"
+    name, value = "not-fedids", f"known-{uuid.uuid4().hex}"
+    # An ordinary Secret in another namespace, without any fedid label.
+    cluster.kubectl("create", "secret", "generic", name, "-n", namespace, f"--from-literal=password={value}")
+
+    can_list = cluster.kubectl("auth", "can-i", "list", "secrets", "--all-namespaces", f"--as={subject}", check=False)
+    assert can_list.stdout.strip() == "yes", can_list.stdout + can_list.stderr
+
+    listed = json.loads(cluster.kubectl("get", "secrets", "-A", "-o", "json", f"--as={subject}").stdout)["items"]
+    [found] = [s for s in listed if s["metadata"]["namespace"] == namespace and s["metadata"]["name"] == name]
+    assert not any(label.startswith("fedid.dev/") for label in found["metadata"].get("labels") or {})
+    assert base64.b64decode(found["data"]["password"]).decode() == value, "the list did not return the data"
+
+    got = cluster.kubectl("get", "secret", name, "-n", namespace, f"--as={subject}", check=False)
+    assert got.returncode != 0 and "Forbidden" in got.stderr, got.stdout + got.stderr
+    deleted = cluster.kubectl("delete", "secret", name, "-n", namespace, f"--as={subject}", check=False)
+    assert deleted.returncode != 0 and "Forbidden" in deleted.stderr, deleted.stdout + deleted.stderr
+    # Still there (checked as the admin).
+    assert get_json(cluster, "secret", name, "-n", namespace)["metadata"]["name"] == name
 
 
 # --- every object, validated by the apiserver -----------------------------------------------
