@@ -8,6 +8,7 @@
 FROM docker.io/library/rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY core ./core
 COPY operator ./operator
 # A fully static binary (glibc, crt-static): nothing from the build image is needed at run time.
 # In a cluster fedid reaches the apiserver by the IP in KUBERNETES_SERVICE_HOST, so it needs no

@@ -8,6 +8,7 @@ would hold is built and run: statically linked, and working.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import struct
 import subprocess
@@ -64,6 +65,19 @@ def test_build_command_targets_what_the_image_copies() -> None:
     target = command[command.index("--target") + 1]
     copied = [line for line in DOCKERFILE.read_text().splitlines() if line.startswith("COPY --from=build")]
     assert copied == [f"COPY --from=build /src/target/{target}/release/fedid /fedid"]
+
+
+def test_build_stage_copies_every_workspace_member() -> None:
+    # The build stage sees only what it copies: a workspace member left out (the core crate,
+    # say) breaks `docker build` although the command runs fine in this checkout.
+    manifest = (REPO_ROOT / "Cargo.toml").read_text()
+    members = re.findall(r'"([^"]+)"', re.search(r"members\s*=\s*\[([^\]]*)\]", manifest).group(1))
+    assert members, "the workspace lists its members"
+    copied = {source for line in DOCKERFILE.read_text().splitlines()
+              if line.startswith("COPY ") and not line.startswith("COPY --from")
+              for source in line.split()[1:-1]}
+    assert {"Cargo.toml", "Cargo.lock"} <= copied
+    assert set(members) <= copied, f"not copied into the build stage: {sorted(set(members) - copied)}"
 
 
 def test_image_binary_is_static_and_runs(image_binary: Path) -> None:

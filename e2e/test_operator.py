@@ -364,9 +364,14 @@ def test_invalid_issuer_urls_are_rejected_at_apply_time(cluster: Cluster, operat
 def test_lifetime_beyond_the_issuer_maximum_is_reported(cluster: Cluster, operator: Operator) -> None:
     name = "too-long"
     cluster.apply(identity_manifest(name, lifetime="3h"))
-    identity = wait_for_reason(cluster, TEAM, name, "InvalidSpec")
+    identity = wait_for_reason(cluster, TEAM, name, "LifetimeTooLong")
     assert condition(identity)["status"] == "False"
-    assert "maximum" in condition(identity)["message"]
+    assert condition(identity)["message"] == "lifetime 3h is longer than the issuer's maximum of 2h"
+    assert identity["status"]["lastFailureReason"] == "LifetimeTooLong"
+    wait_for(
+        "a LifetimeTooLong Warning event",
+        lambda: any(e["reason"] == "LifetimeTooLong" and e["type"] == "Warning" for e in events_for(cluster, TEAM, name)),
+    )
     cluster.apply(identity_manifest(name, lifetime="1h"))
     cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=60s")
 
@@ -386,7 +391,7 @@ def test_foreign_secret_is_never_taken_over(cluster: Cluster, operator: Operator
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert after["decoded"] == {"token": "theirs"}
     assert "ownerReferences" not in after["metadata"]
-    # fedid's identity cannot even read it.
+    # fedid's identity cannot even GET it (its cluster-wide list right would return it: see test_chart.py).
     assert operator.kubeconfig is not None
     denied = cluster.kubectl("--kubeconfig", str(operator.kubeconfig), "get", "secret", "someone-elses", "-n", TEAM,
                              check=False)
@@ -480,3 +485,23 @@ def test_chart_upgrade_keeps_keys_and_tokens_valid(cluster: Cluster, operator: O
     assert token_after["decoded"]["token"] == token_before["decoded"]["token"]
     verify_token(operator, token_after["decoded"]["token"], operator.issuer_url(chart_issuer), "sts.example.com")
     cluster.kubectl("wait", "--for=condition=Ready", "fid/chart-user", "-n", TEAM, "--timeout=10s")
+
+
+def test_removing_the_default_mark_reaches_the_identities_that_used_it(cluster: Cluster, operator: Operator) -> None:
+    # An identity without issuerRef uses the default issuer. When the issuer loses the
+    # default annotation, the identity must learn it at once (not at its next renewal, an
+    # hour away), and recover as soon as the mark is back.
+    name = "follows-default"
+    cluster.apply(identity_manifest(name))
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=60s")
+    token_before = secret_data(cluster, TEAM, f"{name}-token")["decoded"]["token"]
+    cluster.kubectl("annotate", "identityissuer", ISSUER, "fedid.dev/default-issuer-")
+    try:
+        identity = wait_for_reason(cluster, TEAM, name, "NoDefaultIssuer", timeout=30)
+        assert condition(identity)["status"] == "False"
+        assert "fedid.dev/default-issuer" in condition(identity)["message"]
+    finally:
+        cluster.kubectl("annotate", "--overwrite", "identityissuer", ISSUER, "fedid.dev/default-issuer=true")
+    wait_for_reason(cluster, TEAM, name, "Issued", timeout=30)
+    # The token stayed valid throughout: recovering rewrites nothing.
+    assert secret_data(cluster, TEAM, f"{name}-token")["decoded"]["token"] == token_before

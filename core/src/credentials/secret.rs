@@ -1,0 +1,129 @@
+//! The Secret a FederatedIdentity's token is written to, and who owns an existing Secret.
+
+use k8s_openapi::api::core::v1::Secret;
+use sha2::{Digest, Sha256};
+
+/// Data key holding the signed JWT.
+pub const TOKEN_KEY: &str = "token";
+
+/// Data key holding the token's expiry as an RFC 3339 timestamp.
+pub const EXPIRES_AT_KEY: &str = "expires-at";
+
+/// Label naming the FederatedIdentity a Secret belongs to.
+pub const IDENTITY_LABEL: &str = "fedid.dev/identity";
+
+/// Annotation naming the key (`kid`) that signed the token in the Secret.
+pub const KEY_ID_ANNOTATION: &str = "fedid.dev/key-id";
+
+/// Longest Kubernetes label value.
+const MAX_LABEL_VALUE_LENGTH: usize = 63;
+
+/// Value of [`IDENTITY_LABEL`] for an identity: its name, or, for names longer than a label
+/// value may be, a prefix of the name followed by a hash of the whole name.
+pub fn identity_label_value(identity_name: &str) -> String {
+    if identity_name.len() <= MAX_LABEL_VALUE_LENGTH {
+        return identity_name.to_owned();
+    }
+    let digest = Sha256::digest(identity_name.as_bytes());
+    let hash: String = digest
+        .iter()
+        .take(5)
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let prefix: String = identity_name
+        .chars()
+        .take(MAX_LABEL_VALUE_LENGTH - hash.len() - 1)
+        .collect();
+    format!("{prefix}-{hash}")
+}
+
+/// Who owns the Secret an identity wants to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// No Secret with that name exists.
+    Absent,
+    /// The Secret's controller owner reference points at the identity.
+    Ours,
+    /// The Secret exists and is not controlled by the identity; fedid must not touch it.
+    Foreign,
+}
+
+/// Classifies `existing` for the identity with UID `identity_uid`.
+pub fn ownership(existing: Option<&Secret>, identity_uid: &str) -> Ownership {
+    let Some(secret) = existing else {
+        return Ownership::Absent;
+    };
+    let controlled_by_identity = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|owner| owner.controller == Some(true) && owner.uid == identity_uid);
+    if controlled_by_identity {
+        Ownership::Ours
+    } else {
+        Ownership::Foreign
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+    use super::*;
+
+    const UID: &str = "6f1d2c3b-0000-4000-8000-000000000001";
+
+    fn secret_owned_by(owners: Vec<OwnerReference>) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("deploy-token".into()),
+                owner_references: Some(owners),
+                ..ObjectMeta::default()
+            },
+            ..Secret::default()
+        }
+    }
+
+    fn owner(uid: &str, controller: Option<bool>) -> OwnerReference {
+        OwnerReference {
+            api_version: "fedid.dev/v1alpha1".into(),
+            kind: "FederatedIdentity".into(),
+            name: "deploy".into(),
+            uid: uid.into(),
+            controller,
+            block_owner_deletion: None,
+        }
+    }
+
+    #[test]
+    fn long_identity_names_get_a_valid_label_value() {
+        assert_eq!(identity_label_value("web"), "web");
+        let exactly = "a".repeat(63);
+        assert_eq!(identity_label_value(&exactly), exactly);
+        let long = format!("{}.x", "a".repeat(100));
+        let value = identity_label_value(&long);
+        assert_eq!(value.len(), 63);
+        assert!(value.starts_with("aaaa"));
+        assert_ne!(
+            value,
+            identity_label_value(&format!("{}.y", "a".repeat(100)))
+        );
+    }
+
+    #[test]
+    fn ownership_requires_a_controller_reference_with_our_uid() {
+        assert_eq!(ownership(None, UID), Ownership::Absent);
+        let ours = secret_owned_by(vec![owner("other", None), owner(UID, Some(true))]);
+        assert_eq!(ownership(Some(&ours), UID), Ownership::Ours);
+        for foreign in [
+            Secret::default(),
+            secret_owned_by(vec![]),
+            secret_owned_by(vec![owner(UID, None)]),
+            secret_owned_by(vec![owner(UID, Some(false))]),
+            secret_owned_by(vec![owner("someone-else", Some(true))]),
+        ] {
+            assert_eq!(ownership(Some(&foreign), UID), Ownership::Foreign);
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The plan phase: given the validated identity, the Secret that exists and the time, keep the
+//! stored token (and until when), or issue a new one (and why). Nothing is built when the
+//! plan is to keep.
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use serde_json::{Map, Value};
+
+use crate::{
+    credentials::{
+        secret::{Ownership, TOKEN_KEY, ownership},
+        token::decode_unverified,
+    },
+    identity::{
+        schedule::{
+            ExistingToken, ReissueDecision, ReissueInput, ReissueReason, renew_at, should_reissue,
+        },
+        validate::ValidatedIdentity,
+    },
+    reason::{Failure, Reason, Retry},
+    timing::deterministic_jitter,
+};
+
+/// The token an identity's Secret holds after a successful pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    /// Secret name.
+    pub secret_name: String,
+    /// Issuer name.
+    pub issuer: String,
+    /// Signing key id.
+    pub key_id: String,
+    /// `iat`.
+    pub issued_at: Timestamp,
+    /// `exp`.
+    pub expires_at: Timestamp,
+    /// When to renew.
+    pub renew_at: Timestamp,
+    /// Set when this pass wrote a new token, with why.
+    pub written: Option<ReissueReason>,
+}
+
+/// What the plan phase decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// The stored token stays; nothing is minted or written.
+    Keep(Issued),
+    /// A new token is minted and written.
+    Issue {
+        /// Why.
+        reason: ReissueReason,
+        /// Whether fedid's Secret already exists (apply it) or not (create it).
+        secret_exists: bool,
+    },
+}
+
+/// Why the plan phase refuses to go on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The Secret exists and fedid does not own it.
+    #[error(
+        "Secret {secret} exists and is not managed by fedid for this FederatedIdentity; fedid \
+         never takes over a Secret it did not create: delete that Secret or set spec.secretName"
+    )]
+    SecretConflict {
+        /// Secret name.
+        secret: String,
+    },
+}
+
+impl Failure for PlanError {
+    fn reason(&self) -> Reason {
+        match self {
+            Self::SecretConflict { .. } => Reason::SecretConflict,
+        }
+    }
+
+    fn retry(&self) -> Retry {
+        Retry::WaitForChange
+    }
+}
+
+/// When the token issued at `issued_at` for identity `uid` is renewed: deterministic per
+/// token, so a restarted operator computes the same time.
+pub fn renewal_time(
+    uid: &str,
+    issued_at: Timestamp,
+    expires_at: Timestamp,
+    margin: SignedDuration,
+) -> Timestamp {
+    let jitter = deterministic_jitter(&format!("{uid}/{}", issued_at.as_second()));
+    renew_at(issued_at, expires_at, jitter, margin)
+}
+
+/// The token found in an identity's Secret.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredToken {
+    /// Its decoded (not verified) claims.
+    pub claims: Map<String, Value>,
+    /// The `kid` of its header.
+    pub key_id: String,
+    /// `iat`.
+    pub issued_at: Timestamp,
+    /// `exp`.
+    pub expires_at: Timestamp,
+    /// When it is due for renewal.
+    pub renew_at: Timestamp,
+}
+
+impl StoredToken {
+    /// Decodes the token in `secret`; `None` when there is none or it is unreadable.
+    pub fn read(secret: &Secret, uid: &str, margin: SignedDuration) -> Option<Self> {
+        let bytes = secret.data.as_ref()?.get(TOKEN_KEY)?;
+        let jwt = std::str::from_utf8(&bytes.0).ok()?;
+        let decoded = decode_unverified(jwt).ok()?;
+        let key_id = decoded.key_id()?.to_owned();
+        let issued_at = decoded.issued_at()?;
+        let expires_at = decoded.expires_at()?;
+        Some(Self {
+            renew_at: renewal_time(uid, issued_at, expires_at, margin),
+            claims: decoded.claims,
+            key_id,
+            issued_at,
+            expires_at,
+        })
+    }
+}
+
+/// The plan phase. `existing` is the Secret of that name as fedid last saw it (its own cache
+/// overlaid with its own writes), `published_key_ids` the issuer's JWKS at `now`, `margin` the
+/// least validity left when a token is renewed.
+pub fn plan(
+    identity: &ValidatedIdentity,
+    existing: Option<&Secret>,
+    published_key_ids: &[String],
+    now: Timestamp,
+    margin: SignedDuration,
+) -> Result<Plan, PlanError> {
+    let secret_exists = match ownership(existing, &identity.uid) {
+        Ownership::Foreign => {
+            return Err(PlanError::SecretConflict {
+                secret: identity.secret_name.clone(),
+            });
+        }
+        Ownership::Ours => true,
+        Ownership::Absent => false,
+    };
+    let stored = existing.and_then(|secret| StoredToken::read(secret, &identity.uid, margin));
+    let decision = should_reissue(&ReissueInput {
+        existing: stored.as_ref().map(|token| ExistingToken {
+            claims: &token.claims,
+            key_id: &token.key_id,
+            renew_at: token.renew_at,
+        }),
+        desired_claims: identity.claims.stable_claims(),
+        desired_lifetime_seconds: i64::from(identity.claims.lifetime().as_secs()),
+        published_key_ids,
+        now,
+    });
+    Ok(match (decision, stored) {
+        (ReissueDecision::Keep { renew_at }, Some(stored)) => Plan::Keep(Issued {
+            secret_name: identity.secret_name.clone(),
+            issuer: identity.issuer.clone(),
+            key_id: stored.key_id,
+            issued_at: stored.issued_at,
+            expires_at: stored.expires_at,
+            renew_at,
+            written: None,
+        }),
+        (ReissueDecision::Reissue { reason }, _) => Plan::Issue {
+            reason,
+            secret_exists,
+        },
+        (ReissueDecision::Keep { .. }, None) => Plan::Issue {
+            reason: ReissueReason::NoToken,
+            secret_exists,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+    use kube_core::Resource;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        crd::{FederatedIdentity, IdentityIssuer},
+        exchange::without_exchange,
+        identity::{mint::mint, render::render_secret, validate::validate},
+        issuer::{
+            config::validate_issuer_spec,
+            key_store::rotate,
+            keys::{KeyRing, Signer, generate_key},
+        },
+    };
+
+    const T0: i64 = 1_800_000_000;
+    const MARGIN: SignedDuration = SignedDuration::from_mins(5);
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(second).expect("valid timestamp")
+    }
+
+    struct World {
+        issuer: IdentityIssuer,
+        identity: FederatedIdentity,
+        signer: Signer,
+    }
+
+    impl World {
+        fn new() -> Self {
+            let issuer: IdentityIssuer = serde_json::from_value(json!({
+                "apiVersion": "fedid.dev/v1alpha1", "kind": "IdentityIssuer",
+                "metadata": {"name": "ci", "uid": "uid-ci"},
+                "spec": {"issuerURL": "https://fedid.example.com", "allowedNamespaces": {"all": true}},
+            }))
+            .expect("issuer");
+            let identity: FederatedIdentity = serde_json::from_value(json!({
+                "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
+                "metadata": {"name": "deploy", "namespace": "ci", "uid": "uid-deploy"},
+                "spec": {"audiences": ["sts.example.com"]},
+            }))
+            .expect("identity");
+            let config = validate_issuer_spec(&issuer.spec).expect("valid");
+            let ring = rotate(
+                KeyRing::default(),
+                &config.rotation,
+                None,
+                at(T0 - 60),
+                generate_key,
+            )
+            .expect("ring")
+            .ring;
+            let signer =
+                Signer::new(ring.signing_key(at(T0)).expect("a key signs")).expect("signer");
+            Self {
+                issuer,
+                identity,
+                signer,
+            }
+        }
+
+        fn validated(&self) -> ValidatedIdentity {
+            let config = validate_issuer_spec(&self.issuer.spec).expect("valid");
+            validate(
+                &self.identity,
+                &self.issuer,
+                &config,
+                None,
+                std::time::Duration::from_secs(600),
+            )
+            .expect("valid identity")
+        }
+
+        /// The Secret fedid would have written for a token minted at `issued_at`.
+        fn secret(&self, issued_at: i64) -> Secret {
+            let validated = self.validated();
+            let minted = mint(&validated, &self.signer, at(issued_at), "jti").expect("mints");
+            render_secret(&validated, &without_exchange(minted))
+        }
+
+        fn published(&self) -> Vec<String> {
+            vec![self.signer.kid().to_owned()]
+        }
+    }
+
+    #[test]
+    fn no_secret_means_issue_and_create() {
+        let world = World::new();
+        assert_eq!(
+            plan(&world.validated(), None, &world.published(), at(T0), MARGIN),
+            Ok(Plan::Issue {
+                reason: ReissueReason::NoToken,
+                secret_exists: false
+            })
+        );
+    }
+
+    #[test]
+    fn a_valid_token_is_kept_until_its_deterministic_renewal_time() {
+        let world = World::new();
+        let secret = world.secret(T0);
+        let kept = plan(
+            &world.validated(),
+            Some(&secret),
+            &world.published(),
+            at(T0 + 60),
+            MARGIN,
+        )
+        .expect("plans");
+        let renew_at = renewal_time("uid-deploy", at(T0), at(T0 + 3600), MARGIN);
+        assert_eq!(
+            kept,
+            Plan::Keep(Issued {
+                secret_name: "deploy-token".into(),
+                issuer: "ci".into(),
+                key_id: world.signer.kid().to_owned(),
+                issued_at: at(T0),
+                expires_at: at(T0 + 3600),
+                renew_at,
+                written: None,
+            })
+        );
+        // Two thirds of the hour, ±10%.
+        assert!(
+            renew_at >= at(T0 + 2160) && renew_at <= at(T0 + 2640),
+            "{renew_at}"
+        );
+        assert_eq!(
+            plan(
+                &world.validated(),
+                Some(&secret),
+                &world.published(),
+                renew_at,
+                MARGIN
+            ),
+            Ok(Plan::Issue {
+                reason: ReissueReason::DueForRenewal,
+                secret_exists: true
+            })
+        );
+    }
+
+    #[test]
+    fn a_changed_spec_or_an_unpublished_key_means_reissue() {
+        let mut world = World::new();
+        let secret = world.secret(T0);
+        assert_eq!(
+            plan(&world.validated(), Some(&secret), &[], at(T0 + 60), MARGIN),
+            Ok(Plan::Issue {
+                reason: ReissueReason::KeyUnpublished,
+                secret_exists: true
+            })
+        );
+        world.identity.spec.audiences = vec!["other".into()];
+        assert_eq!(
+            plan(
+                &world.validated(),
+                Some(&secret),
+                &world.published(),
+                at(T0 + 60),
+                MARGIN
+            ),
+            Ok(Plan::Issue {
+                reason: ReissueReason::SpecChanged,
+                secret_exists: true
+            })
+        );
+    }
+
+    #[test]
+    fn a_secret_owned_by_anyone_else_is_a_conflict_waiting_for_a_change() {
+        let world = World::new();
+        let mut secret = world.secret(T0);
+        secret.metadata.owner_references = None;
+        let error = plan(
+            &world.validated(),
+            Some(&secret),
+            &world.published(),
+            at(T0),
+            MARGIN,
+        )
+        .expect_err("conflict");
+        assert_eq!(error.reason(), Reason::SecretConflict);
+        assert_eq!(error.retry(), Retry::WaitForChange);
+        // A Secret of the same name owned by another identity is just as foreign.
+        let mut other = world.identity.clone();
+        other.metadata.uid = Some("uid-other".into());
+        secret.metadata.owner_references = other.controller_owner_ref(&()).map(|owner| vec![owner]);
+        assert!(
+            plan(
+                &world.validated(),
+                Some(&secret),
+                &world.published(),
+                at(T0),
+                MARGIN
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn renewal_time_is_stable_across_restarts_and_respects_the_margin() {
+        let first = renewal_time("uid-1", at(1_000), at(4_600), MARGIN);
+        assert_eq!(first, renewal_time("uid-1", at(1_000), at(4_600), MARGIN));
+        let short = renewal_time("uid-1", at(1_000), at(1_030), SignedDuration::from_secs(5));
+        assert!(short <= at(1_025) && short >= at(1_018), "{short}");
+    }
+
+    #[test]
+    fn an_unreadable_token_is_no_token() {
+        let world = World::new();
+        let mut secret = world.secret(T0);
+        if let Some(data) = secret.data.as_mut() {
+            data.insert(
+                TOKEN_KEY.into(),
+                k8s_openapi::ByteString(b"garbage".to_vec()),
+            );
+        }
+        assert_eq!(
+            plan(
+                &world.validated(),
+                Some(&secret),
+                &world.published(),
+                at(T0),
+                MARGIN
+            ),
+            Ok(Plan::Issue {
+                reason: ReissueReason::NoToken,
+                secret_exists: true
+            })
+        );
+    }
+}

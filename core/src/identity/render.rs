@@ -1,0 +1,160 @@
+//! The render phase: the output Secret's desired contents, from the validated identity and the
+//! credentials the exchange phase produced.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+use crate::{
+    crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE},
+    credentials::secret::{
+        EXPIRES_AT_KEY, IDENTITY_LABEL, KEY_ID_ANNOTATION, TOKEN_KEY, identity_label_value,
+    },
+    exchange::Credentials,
+    identity::validate::ValidatedIdentity,
+    time::whole_seconds,
+};
+
+/// The render phase: the Secret of `identity` holding `credentials`: type `Opaque`, data keys
+/// [`TOKEN_KEY`] and [`EXPIRES_AT_KEY`], fedid's labels, the signing key's ID as an
+/// annotation, and a controller owner reference to the identity so the Secret is
+/// garbage-collected with it.
+pub fn render_secret(identity: &ValidatedIdentity, credentials: &Credentials) -> Secret {
+    let token = &credentials.token;
+    let labels = BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
+        (
+            IDENTITY_LABEL.to_owned(),
+            identity_label_value(&identity.name),
+        ),
+    ]);
+    let annotations = BTreeMap::from([(KEY_ID_ANNOTATION.to_owned(), token.key_id.clone())]);
+    let data = BTreeMap::from([
+        (
+            TOKEN_KEY.to_owned(),
+            ByteString(token.jwt.as_bytes().to_vec()),
+        ),
+        (
+            EXPIRES_AT_KEY.to_owned(),
+            ByteString(whole_seconds(token.expires_at).to_string().into_bytes()),
+        ),
+    ]);
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(identity.secret_name.clone()),
+            namespace: Some(identity.namespace.clone()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![identity.owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+    use kube_core::Resource;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        claims::{ClaimTemplate, ClaimsInput, SubjectTemplate},
+        crd::{Duration, FederatedIdentity, FederatedIdentitySpec},
+        credentials::{
+            secret::{Ownership, ownership},
+            token::Minted,
+        },
+    };
+
+    const UID: &str = "6f1d2c3b-0000-4000-8000-000000000001";
+
+    fn identity(name: &str) -> ValidatedIdentity {
+        let spec: FederatedIdentitySpec =
+            serde_json::from_value(json!({"audiences": ["sts.amazonaws.com"]})).expect("spec");
+        let mut resource = FederatedIdentity::new(name, spec);
+        resource.metadata.namespace = Some("ci".into());
+        resource.metadata.uid = Some(UID.into());
+        let claims = ClaimTemplate::build(&ClaimsInput {
+            issuer_url: "https://issuer.example.com",
+            subject_template: &SubjectTemplate::parse("{namespace}:{name}").expect("template"),
+            issuer_claims: &[],
+            namespace: "ci",
+            name,
+            identity_claims: &[],
+            audiences: &["sts.amazonaws.com".to_owned()],
+            lifetime: Duration::from_hours(1),
+        })
+        .expect("claims");
+        ValidatedIdentity {
+            namespace: "ci".into(),
+            name: name.into(),
+            uid: UID.into(),
+            owner: resource.controller_owner_ref(&()).expect("owner"),
+            issuer: "ci".into(),
+            secret_name: "deploy-token".into(),
+            claims,
+        }
+    }
+
+    fn credentials(jwt: &str, key_id: &str) -> Credentials {
+        Credentials {
+            token: Minted {
+                jwt: jwt.into(),
+                key_id: key_id.into(),
+                issued_at: Timestamp::from_second(1_800_000_000).expect("valid timestamp"),
+                expires_at: Timestamp::from_second(1_800_003_600).expect("valid timestamp"),
+            },
+        }
+    }
+
+    #[test]
+    fn renders_the_exact_secret() {
+        let secret = render_secret(&identity("deploy"), &credentials("a.b.c", "kid-1"));
+        assert_eq!(
+            serde_json::to_value(&secret).expect("serializes"),
+            json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    "name": "deploy-token",
+                    "namespace": "ci",
+                    "labels": {
+                        "app.kubernetes.io/managed-by": "fedid",
+                        "fedid.dev/identity": "deploy"
+                    },
+                    "annotations": {"fedid.dev/key-id": "kid-1"},
+                    "ownerReferences": [{
+                        "apiVersion": "fedid.dev/v1alpha1",
+                        "kind": "FederatedIdentity",
+                        "name": "deploy",
+                        "uid": UID,
+                        "controller": true
+                    }]
+                },
+                "type": "Opaque",
+                "data": {
+                    // base64 of "a.b.c" and "2027-01-15T09:00:00Z"
+                    "token": "YS5iLmM=",
+                    "expires-at": "MjAyNy0wMS0xNVQwOTowMDowMFo="
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn the_rendered_secret_is_owned_by_its_identity_and_labelled() {
+        let long = format!("{}.x", "a".repeat(100));
+        let secret = render_secret(&identity(&long), &credentials("t", "k"));
+        assert_eq!(ownership(Some(&secret), UID), Ownership::Ours);
+        assert_eq!(
+            secret.metadata.labels.expect("labels")[IDENTITY_LABEL],
+            identity_label_value(&long)
+        );
+    }
+}

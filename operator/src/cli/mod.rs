@@ -1,0 +1,6 @@
+//! The `fedid` command line, one file per subcommand.
+
+pub mod crds;
+pub mod issuer;
+pub mod run;
+pub mod token;

@@ -1,0 +1,250 @@
+//! `fedid run`: the composition root. It wires the I/O shell together: the registry sync
+//! (every replica), the HTTP server (every replica), leader election, and the issuer and
+//! identity controllers (the leader only), all stopped together on SIGTERM or Ctrl-C.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use fedid::{
+    controllers::{observe, run_controllers},
+    issuer::registry::{IssuerRegistry, sync_registry},
+    runtime::{
+        context::{Context, Settings},
+        leader::{Elector, LeaseTiming},
+        metrics::Metrics,
+    },
+    serve::http::{self, AppState, ServerConfig, TlsFiles},
+};
+use fedid_core::crd::FederatedIdentity;
+use futures::FutureExt;
+use kube::{Client, runtime::reflector};
+use tokio::sync::{mpsc, watch};
+use tracing::info;
+
+/// Namespace the operator runs in when `POD_NAMESPACE` is not set.
+pub const DEFAULT_NAMESPACE: &str = "fedid-system";
+
+/// Format of log lines written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options of `fedid run`.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// Namespace of the operator; issuer key rings are stored in Secrets here.
+    #[arg(long, env = "POD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+
+    /// Address of the server for discovery documents, JWKS, health and metrics.
+    #[arg(long, env = "FEDID_HTTP_ADDR", default_value = "0.0.0.0:8443")]
+    pub http_addr: SocketAddr,
+
+    /// PEM certificate chain for serving HTTPS; plain HTTP is served without it.
+    #[arg(long, env = "FEDID_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key for serving HTTPS.
+    #[arg(long, env = "FEDID_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Format of log lines; the level is taken from RUST_LOG (default: info).
+    #[arg(long, env = "FEDID_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Most objects of each kind reconciled at the same time.
+    #[arg(long, env = "FEDID_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Shortest token lifetime an identity may ask for. Lower it only for tests.
+    #[arg(long, env = "FEDID_MIN_TOKEN_LIFETIME", default_value = "10m", value_parser = parse_duration)]
+    pub min_token_lifetime: Duration,
+
+    /// Tokens are renewed at least this long before they expire, leaving the kubelet time to
+    /// update mounted files. Lower it only for tests.
+    #[arg(long, env = "FEDID_RENEW_BEFORE_EXPIRY", default_value = "5m", value_parser = parse_duration)]
+    pub renew_before_expiry: Duration,
+
+    /// Elect one leader among the replicas through a Lease; only the leader reconciles, every
+    /// replica serves discovery and JWKS.
+    #[arg(long, env = "FEDID_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Name of the leader-election Lease in the operator namespace.
+    #[arg(
+        long,
+        env = "FEDID_LEADER_ELECTION_LEASE_NAME",
+        default_value = "fedid-leader"
+    )]
+    pub leader_election_lease_name: String,
+
+    /// How long the Lease holds without renewal: the longest a standby waits after the leader
+    /// dies without releasing it.
+    #[arg(long, env = "FEDID_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_election_lease_duration: Duration,
+}
+
+fn parse_duration(input: &str) -> Result<Duration, String> {
+    input
+        .parse::<fedid_core::crd::Duration>()
+        .map(fedid_core::crd::Duration::to_std)
+        .map_err(|error| error.to_string())
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C, or until it loses the leader Lease (an error:
+/// the process must exit so that it never writes as a stale leader).
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // kube and reqwest both use rustls on aws-lc-rs; make it the process default.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let client = Client::try_default()
+        .await
+        .context("failed to configure the Kubernetes client")?;
+    let namespace = args.namespace.clone();
+    let registry = Arc::new(IssuerRegistry::default());
+    let metrics = Arc::new(Metrics::default());
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("fedid-{:08x}", rand::random::<u32>()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        Settings {
+            namespace: namespace.clone(),
+            min_token_lifetime: args.min_token_lifetime,
+            renew_before_expiry: args.renew_before_expiry,
+            concurrency: args.concurrency,
+        },
+        Some(identity.clone()),
+    ));
+    info!(%namespace, addr = %args.http_addr, %identity, "starting fedid");
+
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop_tx.send_replace(true);
+    });
+
+    // Every replica: keep the issuers loaded and serve them.
+    let (issuer_changes, issuer_changed) = mpsc::channel(256);
+    let served_registry = registry.clone();
+    let sync = tokio::spawn(sync_registry(
+        client.clone(),
+        namespace.clone(),
+        registry.clone(),
+        issuer_changes,
+    ));
+    let (identities, identity_writer) = reflector::store::<FederatedIdentity>();
+    let observed = identities.clone();
+    let tls = match (args.tls_cert_file, args.tls_key_file) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => None,
+    };
+    let server = tokio::spawn(http::serve(
+        ServerConfig {
+            addr: args.http_addr,
+            tls,
+        },
+        AppState {
+            registry,
+            metrics,
+            observe_identities: Arc::new(move || observe(&observed)),
+        },
+        stopped(stop.clone()),
+    ));
+
+    // Only the leader reconciles.
+    let (leading_tx, leading) = watch::channel(!args.leader_election);
+    let elector = Arc::new(Elector::new(
+        client.clone(),
+        &namespace,
+        &args.leader_election_lease_name,
+        identity,
+        LeaseTiming::from_duration(args.leader_election_lease_duration),
+    ));
+    let election = if args.leader_election {
+        let (elector, stop) = (elector.clone(), stop.clone());
+        tokio::spawn(async move { elector.run(leading_tx, stop).await })
+    } else {
+        tokio::spawn(async move {
+            // Keep the sender alive: without election this replica leads until it stops.
+            let _leading = leading_tx;
+            Ok(())
+        })
+    };
+    let mut campaign = leading.clone();
+    let became_leader = tokio::select! {
+        led = campaign.wait_for(|leading| *leading) => led.is_ok(),
+        () = stopped(stop.clone()) => false,
+    };
+    if became_leader {
+        let writers_stop = {
+            let (stop, mut leading) = (stop.clone(), leading.clone());
+            async move {
+                tokio::select! {
+                    () = stopped(stop) => {},
+                    _ = leading.wait_for(|leading| !*leading) => {},
+                }
+            }
+            .shared()
+        };
+        run_controllers(
+            client,
+            ctx,
+            served_registry,
+            identities,
+            identity_writer,
+            issuer_changed,
+            writers_stop,
+        )
+        .await;
+    }
+
+    let stopping = *stop.borrow();
+    if stopping {
+        // Writers are done: hand the Lease over now rather than after it expires.
+        elector.release().await;
+        let _ = election.await;
+        sync.abort();
+        let served = server.await.context("the HTTP server task failed")?;
+        info!("fedid stopped");
+        return served.context("the HTTP server failed");
+    }
+    sync.abort();
+    match election.await.context("the leader election task failed")? {
+        Err(lost) => Err(lost).context("stopping: another replica may lead now"),
+        Ok(()) => Err(anyhow::anyhow!("the controllers stopped unexpectedly")),
+    }
+}
+
+/// Resolves once `stop` turns true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+/// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    info!("shutting down");
+}

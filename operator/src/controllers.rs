@@ -1,0 +1,223 @@
+//! The controllers' wiring: which watches feed which reconciler, and what an issuer change
+//! requeues.
+
+use std::sync::Arc;
+
+use fedid_core::{
+    conditions::ready_condition,
+    crd::{FederatedIdentity, IdentityIssuer},
+    credentials::secret::IDENTITY_LABEL,
+    issuer::{key_store::ISSUER_LABEL, status::IssuerChange},
+};
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        Controller, WatchStreamExt, controller, predicates,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::{
+    identity::{
+        reconcile::{self as identity, IdentityContext},
+        secrets::OwnSecrets,
+    },
+    issuer::{
+        reconcile::{self as issuer, IssuerContext},
+        registry::IssuerRegistry,
+    },
+    runtime::{
+        context::Context,
+        metrics::{ConditionLabels, IdentityLabels, IdentityObservation},
+    },
+};
+
+/// Runs the issuer and identity controllers until `stop` resolves.
+///
+/// Identities are reconciled on their own changes (not on status-only writes), on changes of
+/// the fedid-labelled Secrets they own, and on every issuer change that concerns them (see
+/// [`identities_concerned`]). Issuers are reconciled on their own changes and on changes of
+/// their key-ring Secrets in the operator's namespace.
+pub async fn run_controllers(
+    client: Client,
+    ctx: Arc<Context>,
+    registry: Arc<IssuerRegistry>,
+    identities: Store<FederatedIdentity>,
+    identity_writer: reflector::store::Writer<FederatedIdentity>,
+    issuer_changes: mpsc::Receiver<IssuerChange>,
+    stop: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
+    let identity_events = watcher(
+        Api::<FederatedIdentity>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|identity| identity.managed_fields_mut().clear())
+    .reflect(identity_writer)
+    .touched_objects()
+    // Status writes do not change the generation: they must not trigger a pass.
+    .predicate_filter(predicates::generation, Default::default());
+    let (secrets, secret_writer) = reflector::store::<Secret>();
+    let secret_events = watcher(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default().labels(IDENTITY_LABEL),
+    )
+    .default_backoff()
+    .modify(|secret| secret.managed_fields_mut().clear())
+    .reflect(secret_writer)
+    .touched_objects();
+    let mapping_store = identities.clone();
+    let identity_ctx = Arc::new(IdentityContext {
+        shared: ctx.clone(),
+        registry,
+        secrets: OwnSecrets::new(secrets),
+    });
+    let identity_controller = Controller::for_stream(identity_events, identities)
+        .owns_stream(secret_events)
+        .reconcile_on(
+            issuer_change_stream(issuer_changes).flat_map(move |change| {
+                stream::iter(identities_concerned(&mapping_store, &change))
+            }),
+        )
+        .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
+        .graceful_shutdown_on(stop.clone())
+        .run(identity::reconcile, identity::error_policy, identity_ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                debug!(%error, "identity controller");
+            }
+        });
+
+    let namespace = ctx.settings.namespace.clone();
+    let issuer_controller = Controller::new(
+        Api::<IdentityIssuer>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<Secret>::namespaced(client, &namespace),
+        watcher::Config::default().labels(ISSUER_LABEL),
+    )
+    .with_config(controller::Config::default().concurrency(4))
+    .graceful_shutdown_on(stop)
+    .run(
+        issuer::reconcile,
+        issuer::error_policy,
+        Arc::new(IssuerContext::new(ctx)),
+    )
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            debug!(%error, "issuer controller");
+        }
+    });
+    tokio::join!(identity_controller, issuer_controller);
+}
+
+/// The registry's change notifications as a watch stream.
+fn issuer_change_stream(
+    changes: mpsc::Receiver<IssuerChange>,
+) -> impl futures::Stream<Item = IssuerChange> + Send {
+    stream::unfold(changes, |mut receiver| async move {
+        receiver.recv().await.map(|change| (change, receiver))
+    })
+}
+
+/// The identities an issuer change concerns: those naming the issuer, and those naming none
+/// when the issuer was or is the default.
+pub fn identities_concerned(
+    identities: &Store<FederatedIdentity>,
+    change: &IssuerChange,
+) -> Vec<ObjectRef<FederatedIdentity>> {
+    identities
+        .state()
+        .iter()
+        .filter(|identity| change.concerns(identity.spec.issuer_ref.as_deref()))
+        .map(|identity| ObjectRef::from_obj(identity.as_ref()))
+        .collect()
+}
+
+/// Per-identity samples for the scrape-time gauges.
+pub fn observe(identities: &Store<FederatedIdentity>) -> Vec<IdentityObservation> {
+    identities
+        .state()
+        .iter()
+        .map(|identity| {
+            let status = identity.status.as_ref();
+            IdentityObservation {
+                labels: IdentityLabels {
+                    namespace: identity.namespace().unwrap_or_default(),
+                    name: identity.name_any(),
+                },
+                ready: status
+                    .and_then(|status| ready_condition(&status.conditions))
+                    .map(|condition| ConditionLabels {
+                        status: condition.status.clone(),
+                        reason: condition.reason.clone(),
+                    }),
+                expires_at: status
+                    .and_then(|status| status.expires_at.as_ref())
+                    .map(|time| time.0.as_second()),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::watcher;
+    use serde_json::json;
+
+    use super::*;
+
+    fn identity(name: &str, issuer_ref: Option<&str>) -> FederatedIdentity {
+        let mut spec = json!({"audiences": ["a"]});
+        if let Some(issuer) = issuer_ref {
+            spec["issuerRef"] = json!(issuer);
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
+            "metadata": {"name": name, "namespace": "team-a"}, "spec": spec,
+        }))
+        .expect("identity")
+    }
+
+    fn names(refs: Vec<ObjectRef<FederatedIdentity>>) -> Vec<String> {
+        let mut names: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn an_issuer_change_requeues_exactly_the_identities_it_concerns() {
+        let (store, mut writer) = reflector::store::<FederatedIdentity>();
+        for object in [
+            identity("names-ci", Some("ci")),
+            identity("uses-default", None),
+            identity("names-other", Some("other")),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(object));
+        }
+        let change = |default_before, default_after| IssuerChange {
+            name: "ci".into(),
+            default_before,
+            default_after,
+        };
+        // The default mark removed: those that used it as the default must hear of it.
+        assert_eq!(
+            names(identities_concerned(&store, &change(true, false))),
+            ["names-ci", "uses-default"]
+        );
+        assert_eq!(
+            names(identities_concerned(&store, &change(false, true))),
+            ["names-ci", "uses-default"]
+        );
+        assert_eq!(
+            names(identities_concerned(&store, &change(false, false))),
+            ["names-ci"]
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! The FederatedIdentity controller: the identity pipeline's I/O shell.
+
+pub mod reconcile;
+pub mod secrets;

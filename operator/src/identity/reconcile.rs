@@ -1,0 +1,662 @@
+//! The identity pipeline: reconciles one FederatedIdentity in named phases.
+//!
+//! fetch (the issuer from the registry; the namespace's labels only when the issuer's policy
+//! needs them) → validate → plan (given the Secret from fedid's cache) (keep, or issue and why) → mint (signing, on the blocking pool) →
+//! exchange (none yet) → render (the Secret) → apply (create, or server-side apply when the
+//! Secret is ours) → report (status when it changed, an Event on a transition, metrics,
+//! requeue). Every decision is made by `fedid_core`; this file only moves data to and from
+//! the apiserver. When the plan is to keep the token, nothing is minted, rendered or written.
+
+use std::{sync::Arc, time::Duration};
+
+use fedid_core::{
+    crd::issuer::DefaultIssuerError,
+    crd::{FederatedIdentity, FederatedIdentityStatus},
+    credentials::token::Minted,
+    exchange::{Credentials, ExchangeError, without_exchange},
+    identity::{
+        mint::{MintError, mint},
+        plan::{Issued, Plan, PlanError, plan},
+        render::render_secret,
+        status::{Outcome, next_status, requeue, transition_event},
+        validate::{ValidateError, ValidatedIdentity, validate},
+    },
+    reason::{Failure, Reason, Retry, message_chain},
+    time::whole_seconds,
+};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+    runtime::controller::Action,
+};
+use tracing::{debug, info, warn};
+
+use super::secrets::OwnSecrets;
+use crate::{
+    issuer::registry::{IssuerRegistry, LoadedIssuer, Unusable},
+    runtime::{
+        context::{Context, FIELD_MANAGER, apply_status},
+        metrics::IssuerLabels,
+    },
+};
+
+/// The shared context plus what only the identity pipeline reads.
+pub struct IdentityContext {
+    /// Shared context.
+    pub shared: Arc<Context>,
+    /// Issuers and their keys, as loaded by the registry sync.
+    pub registry: Arc<IssuerRegistry>,
+    /// fedid's own Secrets.
+    pub secrets: OwnSecrets,
+}
+
+/// Why the fetch phase could not gather what the pass needs.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// `spec.issuerRef` names an issuer that does not exist.
+    #[error("IdentityIssuer {name} does not exist")]
+    IssuerNotFound {
+        /// The referenced name.
+        name: String,
+    },
+    /// No issuer is named and no single default exists.
+    #[error(transparent)]
+    NoDefault(#[from] DefaultIssuerError),
+    /// The issuer exists but cannot be used.
+    #[error("IdentityIssuer {issuer} is not ready: {why}")]
+    IssuerNotReady {
+        /// Issuer name.
+        issuer: String,
+        /// Why.
+        why: String,
+    },
+    /// Reading the namespace's labels failed.
+    #[error("failed to read Namespace {namespace}")]
+    ReadNamespace {
+        /// The namespace.
+        namespace: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Failure for FetchError {
+    fn reason(&self) -> Reason {
+        match self {
+            Self::IssuerNotFound { .. } => Reason::IssuerNotFound,
+            Self::NoDefault(error) => error.reason(),
+            Self::IssuerNotReady { .. } => Reason::IssuerNotReady,
+            Self::ReadNamespace { .. } => Reason::ApiError,
+        }
+    }
+
+    fn retry(&self) -> Retry {
+        match self {
+            // The issuer watch re-triggers these when an issuer appears or changes.
+            Self::IssuerNotFound { .. } | Self::NoDefault(_) => Retry::WaitForChange,
+            // An issuer being fixed or getting its keys: keep a valid token Ready meanwhile.
+            Self::IssuerNotReady { .. } | Self::ReadNamespace { .. } => Retry::Backoff,
+        }
+    }
+}
+
+/// Why the apply phase could not write the Secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Creating the Secret found one that fedid cannot see: not ours.
+    #[error(transparent)]
+    Conflict(#[from] PlanError),
+    /// The write failed.
+    #[error("failed to write Secret {secret}")]
+    WriteSecret {
+        /// Secret name.
+        secret: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Failure for ApplyError {
+    fn reason(&self) -> Reason {
+        match self {
+            Self::Conflict(error) => error.reason(),
+            Self::WriteSecret { .. } => Reason::ApiError,
+        }
+    }
+
+    fn retry(&self) -> Retry {
+        match self {
+            Self::Conflict(error) => error.retry(),
+            Self::WriteSecret { .. } => Retry::Backoff,
+        }
+    }
+}
+
+/// Why a pass of the pipeline produced no fresh token: the failure of one phase.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Fetch phase.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// Validate phase.
+    #[error(transparent)]
+    Validate(#[from] ValidateError),
+    /// Plan phase.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// Mint phase.
+    #[error(transparent)]
+    Mint(#[from] MintError),
+    /// Exchange phase.
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
+    /// Apply phase.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+impl IdentityError {
+    fn phase(&self) -> &dyn Failure {
+        match self {
+            Self::Fetch(error) => error,
+            Self::Validate(error) => error,
+            Self::Plan(error) => error,
+            Self::Mint(error) => error,
+            Self::Exchange(error) => error,
+            Self::Apply(error) => error,
+        }
+    }
+}
+
+impl Failure for IdentityError {
+    fn reason(&self) -> Reason {
+        self.phase().reason()
+    }
+
+    fn retry(&self) -> Retry {
+        self.phase().retry()
+    }
+}
+
+/// Why the report phase failed: the status could not be written. The controller retries.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The identity lacks its namespace.
+    #[error("FederatedIdentity has no namespace")]
+    MissingNamespace,
+    /// Writing the status failed.
+    #[error("failed to write the status")]
+    WriteStatus(#[source] kube::Error),
+}
+
+impl Failure for ReportError {
+    fn reason(&self) -> Reason {
+        match self {
+            Self::MissingNamespace => Reason::MissingMetadata,
+            Self::WriteStatus(_) => Reason::ApiError,
+        }
+    }
+
+    fn retry(&self) -> Retry {
+        Retry::Backoff
+    }
+}
+
+/// What the fetch phase gathered for one pass.
+struct Fetched {
+    issuer: Arc<LoadedIssuer>,
+    namespace_labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Reconciles one FederatedIdentity.
+#[tracing::instrument(skip_all, fields(namespace = identity.namespace(), name = %identity.name_any()))]
+pub async fn reconcile(
+    identity: Arc<FederatedIdentity>,
+    ctx: Arc<IdentityContext>,
+) -> Result<Action, ReportError> {
+    let shared = &ctx.shared;
+    if !(ctx.registry.is_synced() && ctx.secrets.is_listed()) {
+        // Until every issuer and every fedid Secret is loaded, "not found" and "absent" would
+        // be lies: check again shortly, write nothing. (Never wait here: a reconciler holding
+        // its slot would keep the controller from polling the very watch that fills the cache.)
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    // Tokens and status carry whole seconds; so does every decision.
+    let now = whole_seconds(shared.now());
+    shared.metrics.count_reconcile("identity");
+    let result = run_pipeline(&identity, &ctx, now).await;
+    let outcome: Outcome<'_> = match &result {
+        Ok(issued) => Ok(issued),
+        Err(error) => Err(error),
+    };
+    report(&identity, shared, outcome, now).await
+}
+
+/// The phases up to apply; the result is what report publishes.
+async fn run_pipeline(
+    identity: &FederatedIdentity,
+    ctx: &IdentityContext,
+    now: Timestamp,
+) -> Result<Issued, IdentityError> {
+    let settings = &ctx.shared.settings;
+    let fetched = fetch(identity, ctx).await?;
+    let config = fetched
+        .issuer
+        .config
+        .as_ref()
+        .map_err(|unusable| unusable_issuer(&fetched.issuer, unusable))?;
+    let validated = validate(
+        identity,
+        &fetched.issuer.resource,
+        config,
+        fetched.namespace_labels.as_ref(),
+        settings.min_token_lifetime,
+    )?;
+    let margin = signed(settings.renew_before_expiry);
+    let published = fetched.issuer.published_kids(now);
+    let existing = ctx
+        .secrets
+        .current(&validated.namespace, &validated.secret_name);
+    let (reason, secret_exists) =
+        match plan(&validated, existing.as_deref(), &published, now, margin)? {
+            Plan::Keep(issued) => return Ok(issued),
+            Plan::Issue {
+                reason,
+                secret_exists,
+            } => (reason, secret_exists),
+        };
+    let minted = mint_on_blocking_pool(&ctx.shared, &fetched.issuer, &validated, now).await?;
+    let credentials = exchange(&validated, minted).await?;
+    let secret = render_secret(&validated, &credentials);
+    let written = apply(&ctx.shared, secret, secret_exists).await?;
+    ctx.secrets.recent_writes.remember(written);
+    let token = &credentials.token;
+    Ok(Issued {
+        secret_name: validated.secret_name.clone(),
+        issuer: validated.issuer.clone(),
+        key_id: token.key_id.clone(),
+        issued_at: token.issued_at,
+        expires_at: token.expires_at,
+        renew_at: fedid_core::identity::plan::renewal_time(
+            &validated.uid,
+            token.issued_at,
+            token.expires_at,
+            margin,
+        ),
+        written: Some(reason),
+    })
+}
+
+/// Fetch: the issuer from the registry, and the namespace's labels only when the issuer's
+/// policy needs them to decide (the one read that is not from a cache).
+async fn fetch(identity: &FederatedIdentity, ctx: &IdentityContext) -> Result<Fetched, FetchError> {
+    let shared = &ctx.shared;
+    let issuer = resolve_issuer(&ctx.registry, identity.spec.issuer_ref.as_deref())?;
+    let namespace = identity.namespace().unwrap_or_default();
+    let namespace_labels = if issuer.resource.needs_namespace_labels(&namespace) {
+        let labels = Api::<Namespace>::all(shared.client.clone())
+            .get_metadata(&namespace)
+            .await
+            .map_err(|source| FetchError::ReadNamespace {
+                namespace: namespace.clone(),
+                source,
+            })?
+            .metadata
+            .labels
+            .unwrap_or_default();
+        Some(labels)
+    } else {
+        None
+    };
+    Ok(Fetched {
+        issuer,
+        namespace_labels,
+    })
+}
+
+/// Finds the identity's issuer: the one named, or the default.
+fn resolve_issuer(
+    registry: &IssuerRegistry,
+    issuer_ref: Option<&str>,
+) -> Result<Arc<LoadedIssuer>, FetchError> {
+    match issuer_ref {
+        Some(name) => registry
+            .get(name)
+            .ok_or_else(|| FetchError::IssuerNotFound {
+                name: name.to_owned(),
+            }),
+        None => Ok(registry.default_issuer()?),
+    }
+}
+
+fn unusable_issuer(issuer: &LoadedIssuer, unusable: &Unusable) -> FetchError {
+    FetchError::IssuerNotReady {
+        issuer: issuer.name(),
+        why: match unusable {
+            Unusable::InvalidSpec(message) => format!("its spec is invalid: {message}"),
+            Unusable::BadKeyRing(message) => format!("its key ring is unreadable: {message}"),
+        },
+    }
+}
+
+/// Mint, on the blocking pool (RSA signing must not stall the reconcilers).
+async fn mint_on_blocking_pool(
+    ctx: &Context,
+    issuer: &LoadedIssuer,
+    validated: &ValidatedIdentity,
+    now: Timestamp,
+) -> Result<Minted, MintError> {
+    let signer = issuer.signer(now).ok_or_else(|| MintError::NoSigningKey {
+        issuer: validated.issuer.clone(),
+    })?;
+    let jti = new_token_id();
+    let validated = validated.clone();
+    let started = std::time::Instant::now();
+    let minted = tokio::task::spawn_blocking(move || mint(&validated, &signer, now, &jti))
+        .await
+        .map_err(|join| MintError::Interrupted(join.to_string()))?;
+    ctx.metrics
+        .signing_duration
+        .observe(started.elapsed().as_secs_f64());
+    minted
+}
+
+/// Exchange: no identity has an exchange yet, so the credentials are the token itself.
+async fn exchange(
+    _identity: &ValidatedIdentity,
+    token: Minted,
+) -> Result<Credentials, ExchangeError> {
+    Ok(without_exchange(token))
+}
+
+/// Apply: creates the Secret, or server-side-applies it when it is already ours. A create that
+/// finds an existing Secret (one fedid cannot see: not ours) is a conflict, never a takeover.
+async fn apply(ctx: &Context, secret: Secret, exists: bool) -> Result<Secret, ApplyError> {
+    let name = secret.name_any();
+    let namespace = secret.namespace().unwrap_or_default();
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
+    let written = if exists {
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+    } else {
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        api.create(&params, &secret).await
+    };
+    written.map_err(|source| match source {
+        kube::Error::Api(status) if !exists && status.code == 409 => {
+            ApplyError::Conflict(PlanError::SecretConflict { secret: name })
+        }
+        source => ApplyError::WriteSecret {
+            secret: name,
+            source,
+        },
+    })
+}
+
+/// Report: the status (written only when it changed), the Event of a transition, metrics and
+/// logs, and when to come back.
+async fn report(
+    identity: &FederatedIdentity,
+    ctx: &Context,
+    outcome: Outcome<'_>,
+    now: Timestamp,
+) -> Result<Action, ReportError> {
+    let previous = identity.status.clone().unwrap_or_default();
+    let status = next_status(identity.meta().generation, &previous, outcome, now);
+    if status != previous {
+        write_status(identity, ctx, &status).await?;
+    }
+    if let Some(event) = transition_event(&previous, &status, outcome) {
+        ctx.publish(&identity.object_ref(&()), event).await;
+    }
+    match outcome {
+        Ok(issued) => match issued.written {
+            Some(reason) => {
+                ctx.metrics
+                    .tokens_issued
+                    .get_or_create(&IssuerLabels {
+                        issuer: issued.issuer.clone(),
+                    })
+                    .inc();
+                info!(
+                    issuer = %issued.issuer, kid = %issued.key_id, reason = reason.as_str(),
+                    expires_at = %issued.expires_at, renew_at = %issued.renew_at,
+                    "wrote a new token"
+                );
+            }
+            None => debug!(renew_at = %issued.renew_at, "token still valid"),
+        },
+        Err(failure) => {
+            ctx.metrics.count_failure("identity", failure.reason());
+            warn!(reason = %failure.reason(), error = %message_chain(failure), "no fresh token");
+        }
+    }
+    let uid = identity.uid().unwrap_or_default();
+    Ok(Action::requeue(requeue(&uid, &status, outcome, now)))
+}
+
+/// Server-side-applies the status fields fedid owns.
+async fn write_status(
+    identity: &FederatedIdentity,
+    ctx: &Context,
+    status: &FederatedIdentityStatus,
+) -> Result<(), ReportError> {
+    let namespace = identity.namespace().ok_or(ReportError::MissingNamespace)?;
+    let api = Api::<FederatedIdentity>::namespaced(ctx.client.clone(), &namespace);
+    apply_status(&api, &identity.name_any(), status)
+        .await
+        .map_err(ReportError::WriteStatus)
+}
+
+/// Called when [`reconcile`] itself fails (the status could not be written): retry with
+/// backoff.
+pub fn error_policy(
+    identity: Arc<FederatedIdentity>,
+    error: &ReportError,
+    ctx: Arc<IdentityContext>,
+) -> Action {
+    ctx.shared.metrics.count_failure("identity", error.reason());
+    warn!(
+        namespace = identity.namespace(), name = %identity.name_any(),
+        error = %message_chain(error), "reconcile failed"
+    );
+    let attempts = identity
+        .status
+        .as_ref()
+        .map_or(0, |status| status.failed_attempts)
+        .saturating_add(1);
+    Action::requeue(fedid_core::timing::backoff(attempts, 0.0))
+}
+
+fn signed(duration: Duration) -> SignedDuration {
+    SignedDuration::try_from(duration).unwrap_or(SignedDuration::MAX)
+}
+
+/// A fresh `jti`: 128 random bits, hex.
+fn new_token_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Request-level checks against a mock apiserver: every request fedid makes is asserted,
+/// in order, and anything unexpected fails the test.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http::{Method, StatusCode};
+    use kube::runtime::{reflector, watcher};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::{
+        fixtures::{
+            self,
+            apiserver::{MockHandle, assert_no_request, body_json, mock_client, next, respond},
+        },
+        runtime::metrics::Metrics,
+    };
+    use fedid_core::issuer::keys::KeyRing;
+
+    const TEAM: &str = "team-a";
+
+    fn identity_json() -> Value {
+        json!({
+            "apiVersion": "fedid.dev/v1alpha1",
+            "kind": "FederatedIdentity",
+            "metadata": {"name": "deploy", "namespace": TEAM, "uid": "uid-deploy", "generation": 1},
+            "spec": {"audiences": ["sts.example.com"]},
+        })
+    }
+
+    fn identity() -> FederatedIdentity {
+        serde_json::from_value(identity_json()).unwrap()
+    }
+
+    /// A context whose issuer `ci` (the default, signing with `ring`) allows `team-a`, with
+    /// the given cached Secrets.
+    fn context(ring: &KeyRing, cached: Vec<Secret>) -> (Arc<IdentityContext>, MockHandle) {
+        let (client, handle) = mock_client();
+        let mut issuer = fixtures::issuer(
+            "ci",
+            json!({
+                "issuerURL": "https://fedid.example.com/ci",
+                "allowedNamespaces": {"names": [TEAM]},
+            }),
+        );
+        issuer
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("fedid.dev/default-issuer".into(), "true".into());
+        let registry = fixtures::registry(vec![(issuer, Some(ring.clone()))]);
+        let settings = fixtures::settings();
+        let (secrets, mut writer) = reflector::store::<Secret>();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for secret in cached {
+            writer.apply_watcher_event(&watcher::Event::InitApply(secret));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let shared = Arc::new(Context::new(
+            client,
+            Arc::new(Metrics::default()),
+            settings,
+            None,
+        ));
+        let ctx = IdentityContext {
+            shared,
+            registry,
+            secrets: OwnSecrets::new(secrets),
+        };
+        (Arc::new(ctx), handle)
+    }
+
+    #[tokio::test]
+    async fn a_foreign_secret_is_found_by_a_failed_create_and_never_written() {
+        let (ctx, mut handle) = context(&fixtures::ring(), Vec::new());
+        let server = tokio::spawn(async move {
+            let (request, send) = next(&mut handle).await;
+            assert_eq!(request.method(), Method::POST);
+            assert_eq!(request.uri().path(), "/api/v1/namespaces/team-a/secrets");
+            let secret = body_json(request).await;
+            assert_eq!(secret["metadata"]["name"], "deploy-token");
+            assert_eq!(
+                secret["metadata"]["ownerReferences"][0]["uid"],
+                "uid-deploy"
+            );
+            send.send_response(respond(
+                StatusCode::CONFLICT,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409,
+                        "reason": "AlreadyExists", "message": "secrets \"deploy-token\" already exists"}),
+            ));
+
+            let (request, send) = next(&mut handle).await;
+            assert_eq!(request.method(), Method::PATCH);
+            assert_eq!(
+                request.uri().path(),
+                "/apis/fedid.dev/v1alpha1/namespaces/team-a/federatedidentities/deploy/status"
+            );
+            assert!(
+                request
+                    .uri()
+                    .query()
+                    .unwrap_or_default()
+                    .contains("fieldManager=fedid.dev")
+            );
+            let patch = body_json(request).await;
+            assert_eq!(patch["status"]["conditions"][0]["reason"], "SecretConflict");
+            assert_eq!(patch["status"]["conditions"][0]["status"], "False");
+            send.send_response(respond(StatusCode::OK, &identity_json()));
+
+            let (request, send) = next(&mut handle).await;
+            assert_eq!(request.method(), Method::POST);
+            assert_eq!(
+                request.uri().path(),
+                "/apis/events.k8s.io/v1/namespaces/team-a/events"
+            );
+            let event = body_json(request).await;
+            assert_eq!(event["reason"], "SecretConflict");
+            assert_eq!(event["type"], "Warning");
+            send.send_response(respond(StatusCode::OK, &event));
+            handle
+        });
+        let action = reconcile(Arc::new(identity()), ctx)
+            .await
+            .expect("reconcile");
+        assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+        let mut handle = server
+            .await
+            .expect("the mock apiserver saw what it expected");
+        // Nothing else: no write to the foreign Secret, no retry of the create.
+        assert_no_request(&mut handle).await;
+    }
+
+    #[tokio::test]
+    async fn a_valid_token_with_a_current_status_makes_no_request_at_all() {
+        // First pass: create the Secret, then report the status; keep what was written.
+        let ring = fixtures::ring();
+        let (ctx, mut handle) = context(&ring, Vec::new());
+        let server = tokio::spawn(async move {
+            let (request, send) = next(&mut handle).await;
+            let mut secret = body_json(request).await;
+            secret["metadata"]["resourceVersion"] = json!("5");
+            send.send_response(respond(StatusCode::CREATED, &secret));
+            let (request, send) = next(&mut handle).await;
+            let status = body_json(request).await["status"].clone();
+            send.send_response(respond(StatusCode::OK, &identity_json()));
+            let (_event, send) = next(&mut handle).await;
+            send.send_response(respond(StatusCode::OK, &json!({})));
+            (secret, status)
+        });
+        reconcile(Arc::new(identity()), ctx)
+            .await
+            .expect("first pass");
+        let (secret, status) = server.await.unwrap();
+
+        // A restarted operator: the Secret is in its cache, the status on the object.
+        let secret: Secret = serde_json::from_value(secret).unwrap();
+        let (ctx, mut handle) = context(&ring, vec![secret]);
+        let mut current = identity();
+        current.status = Some(serde_json::from_value(status).unwrap());
+        let pass = tokio::spawn(reconcile(Arc::new(current), ctx));
+        // A still-valid token and an unchanged status must cause no request at all.
+        assert_no_request(&mut handle).await;
+        let action = pass.await.unwrap().expect("second pass");
+        // It comes back at the renewal time, 2/3 of the default 1h lifetime ±10%.
+        let renew_in = (1..=3600)
+            .map(Duration::from_secs)
+            .find(|delay| action == Action::requeue(*delay))
+            .expect("a requeue at the renewal time");
+        assert!((2160..=2640).contains(&renew_in.as_secs()), "{renew_in:?}");
+    }
+}

@@ -1,0 +1,3 @@
+//! What fedid serves over HTTP(S): discovery documents, JWKS, health and metrics.
+
+pub mod http;
