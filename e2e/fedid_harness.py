@@ -184,16 +184,22 @@ class Operator:
         return total
 
 
-def install_chart_service_account(cluster: Cluster, namespace: str, workdir: Path) -> Path:
+def install_chart_service_account(
+    cluster: Cluster, namespace: str, workdir: Path, release: str = "fedid", values: tuple[str, ...] = ()
+) -> Path:
     """Installs the Helm chart (CRDs already applied) and returns a kubeconfig authenticated as
-    its ServiceAccount, so that an out-of-cluster `fedid run` has exactly the chart's RBAC."""
+    its ServiceAccount, so that an out-of-cluster `fedid run` has exactly the chart's RBAC.
+
+    `release` must contain "fedid" (then it is also the ServiceAccount's name); `values` are
+    `--set` assignments. The ClusterRole is named after the release, so two releases in one
+    cluster need two names."""
     helm = str(cluster.bin / "helm")
     subprocess.run(
-        [helm, "upgrade", "--install", "fedid", str(REPO_ROOT / "charts" / "fedid"), "--namespace", namespace,
-         "--create-namespace", "--skip-crds", "--wait=false"],
+        [helm, "upgrade", "--install", release, str(REPO_ROOT / "charts" / "fedid"), "--namespace", namespace,
+         "--create-namespace", "--skip-crds", "--wait=false", *(arg for value in values for arg in ("--set", value))],
         check=True, capture_output=True, text=True, env=cluster.env(), timeout=120,
     )
-    token = cluster.kubectl("create", "token", "fedid", "-n", namespace, "--duration=6h").stdout.strip()
+    token = cluster.kubectl("create", "token", release, "-n", namespace, "--duration=6h").stdout.strip()
     server = cluster.kubectl("config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}").stdout
     kubeconfig = workdir / "service-account.kubeconfig"
     kubeconfig.write_text(

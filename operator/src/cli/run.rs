@@ -170,9 +170,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let (elector, stop) = (elector.clone(), stop.clone());
         tokio::spawn(async move { elector.run(leading_tx, stop).await })
     } else {
+        // Without election this replica leads until it stops: the sender must live as long,
+        // or the writers would see leadership end at once.
+        let stop = stop.clone();
         tokio::spawn(async move {
-            // Keep the sender alive: without election this replica leads until it stops.
             let _leading = leading_tx;
+            stopped(stop).await;
             Ok(())
         })
     };
@@ -207,7 +210,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stopping = *stop.borrow();
     if stopping {
         // Writers are done: hand the Lease over now rather than after it expires.
-        elector.release().await;
+        if args.leader_election {
+            elector.release().await;
+        }
         let _ = election.await;
         sync.abort();
         let served = server.await.context("the HTTP server task failed")?;
