@@ -266,6 +266,68 @@ mod tests {
     }
 
     #[test]
+    fn reasons_are_stable() {
+        // Users match on these words (kubectl wait, alerts, dashboards): renaming or removing
+        // one is a breaking change and must show up here.
+        let words: Vec<&str> = Reason::ALL.iter().map(|reason| reason.as_str()).collect();
+        assert_eq!(
+            words,
+            [
+                "Issued",
+                "KeysReady",
+                "KeyCreated",
+                "KeysRetired",
+                "Pending",
+                "IssuerNotFound",
+                "NoDefaultIssuer",
+                "AmbiguousDefaultIssuer",
+                "IssuerNotReady",
+                "NamespaceNotAllowed",
+                "InvalidClaimName",
+                "ReservedClaim",
+                "InvalidClaimValue",
+                "DuplicateClaim",
+                "TooManyClaims",
+                "ClaimOverridesIssuer",
+                "InvalidSubjectTemplate",
+                "MissingSubjectClaim",
+                "EmptySubject",
+                "InvalidAudience",
+                "LifetimeTooShort",
+                "LifetimeTooLong",
+                "InvalidSecretName",
+                "MissingMetadata",
+                "SecretConflict",
+                "SigningFailed",
+                "IssuerURLNotHTTPS",
+                "IssuerURLMissingHost",
+                "IssuerURLUserInfo",
+                "IssuerURLQuery",
+                "IssuerURLFragment",
+                "IssuerURLTrailingSlash",
+                "IssuerURLInvalidHost",
+                "IssuerURLInvalidPort",
+                "IssuerURLInvalidPath",
+                "UnknownSelectorOperator",
+                "MissingSelectorValues",
+                "UnexpectedSelectorValues",
+                "DefaultLifetimeTooShort",
+                "MaximumLifetimeTooLong",
+                "DefaultLifetimeAboveMaximum",
+                "RotationWithinPrepublish",
+                "TooManyPublishedKeys",
+                "KeyStoreConflict",
+                "KeyRingCorrupt",
+                "KeyRingEncodingFailed",
+                "KeyGenerationFailed",
+                "InvalidPrivateKey",
+                "InvalidPublicKey",
+                "ApiError"
+            ]
+        );
+    }
+
+    #[test]
     fn message_chain_joins_sources() {
         #[derive(Debug, thiserror::Error)]
         #[error("failed to write Secret ci/x")]

@@ -65,12 +65,13 @@ pub enum FetchError {
     #[error(transparent)]
     NoDefault(#[from] DefaultIssuerError),
     /// The issuer exists but cannot be used.
-    #[error("IdentityIssuer {issuer} is not ready: {why}")]
+    #[error("IdentityIssuer {issuer} is not ready")]
     IssuerNotReady {
         /// Issuer name.
         issuer: String,
         /// Why.
-        why: String,
+        #[source]
+        source: Unusable,
     },
     /// Reading the namespace's labels failed.
     #[error("failed to read Namespace {namespace}")]
@@ -336,10 +337,7 @@ fn resolve_issuer(
 fn unusable_issuer(issuer: &LoadedIssuer, unusable: &Unusable) -> FetchError {
     FetchError::IssuerNotReady {
         issuer: issuer.name(),
-        why: match unusable {
-            Unusable::InvalidSpec(message) => format!("its spec is invalid: {message}"),
-            Unusable::BadKeyRing(message) => format!("its key ring is unreadable: {message}"),
-        },
+        source: unusable.clone(),
     }
 }
 

@@ -32,10 +32,10 @@ use tracing::{debug, warn};
 use fedid_core::{
     crd::issuer::{DefaultIssuerError, IdentityIssuer, default_issuer},
     issuer::{
-        config::{IssuerConfig, validate_issuer_spec},
+        config::{IssuerConfig, IssuerSpecError, validate_issuer_spec},
         discovery::{discovery_document, etag},
         key_store::{ISSUER_LABEL, key_ring_from_secret, key_ring_secret_name},
-        keys::{KeyRing, Signer, jwks},
+        keys::{KeyError, KeyRing, Signer, jwks},
         status::IssuerChange,
     },
 };
@@ -78,13 +78,15 @@ pub struct ServedDocuments {
     pub max_age_seconds: u64,
 }
 
-/// Why an issuer cannot sign or serve.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why an issuer cannot sign or serve; the typed cause is kept for the identities' conditions.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Unusable {
-    /// The spec is invalid; the message says why.
-    InvalidSpec(String),
+    /// The spec is invalid.
+    #[error("its spec is invalid")]
+    InvalidSpec(#[source] IssuerSpecError),
     /// The key ring could not be read.
-    BadKeyRing(String),
+    #[error("its key ring is unreadable")]
+    BadKeyRing(#[source] Arc<KeyError>),
 }
 
 /// One IdentityIssuer with its key ring, as this process last saw them.
@@ -132,13 +134,12 @@ impl LoadedIssuer {
     /// Loads an issuer and its key-ring Secret (absent before the first key exists).
     pub fn load(resource: Arc<IdentityIssuer>, key_secret: Option<&Secret>) -> Self {
         let version = LoadedVersion::of(&resource, key_secret);
-        let config = validate_issuer_spec(&resource.spec)
-            .map_err(|error| Unusable::InvalidSpec(error.to_string()));
+        let config = validate_issuer_spec(&resource.spec).map_err(Unusable::InvalidSpec);
         let (ring, config) = match key_ring_from_secret(key_secret) {
             Ok(ring) => (ring, config),
             Err(error) => (
                 KeyRing::default(),
-                config.and(Err(Unusable::BadKeyRing(error.to_string()))),
+                config.and(Err(Unusable::BadKeyRing(Arc::new(error)))),
             ),
         };
         let signers = ring
