@@ -135,6 +135,11 @@ pub struct Rotation {
 }
 
 impl Rotation {
+    /// Whether the ring must be written: a step changed it, or no Secret holds it yet.
+    pub fn must_store(&self, stored: bool) -> bool {
+        !(self.steps.is_empty() && stored)
+    }
+
     /// How many keys the steps created.
     pub fn keys_created(&self) -> usize {
         self.steps
@@ -332,6 +337,15 @@ mod tests {
         .expect("rotates");
         assert!(again.steps.is_empty());
         assert_eq!(again.ring, first.ring);
+        assert!(first.must_store(true), "a new key is written");
+        assert!(
+            !again.must_store(true),
+            "an unchanged stored ring is not written"
+        );
+        assert!(
+            again.must_store(false),
+            "a ring no Secret holds yet is written"
+        );
     }
 
     #[test]

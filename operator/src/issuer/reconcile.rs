@@ -250,7 +250,7 @@ async fn ensure_keys(
     })
     .await
     .map_err(|join| IssuerError::KeyTask(join.to_string()))??;
-    if let (true, Some(secret)) = (rotation.steps.is_empty(), existing.as_ref()) {
+    if let Some(secret) = existing.as_ref().filter(|_| !rotation.must_store(true)) {
         return Ok(Keys {
             rotation,
             secret: secret.clone(),
