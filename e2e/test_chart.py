@@ -378,8 +378,11 @@ RIGHTS = [
     ("patch", "identityissuers.fedid.dev", None, False),
     ("update", "federatedidentities.fedid.dev", "other", False),
     ("delete", "federatedidentities.fedid.dev", "other", False),
-    ("get", "namespaces", None, True),
-    ("list", "namespaces", None, False),
+    # Namespaces' labels decide selector policies: watched (metadata only), never read one by one.
+    ("list", "namespaces", None, True),
+    ("watch", "namespaces", None, True),
+    ("get", "namespaces", None, False),
+    ("update", "namespaces", None, False),
     ("create", "events.events.k8s.io", "other", True),
     ("patch", "events.events.k8s.io", "other", True),
     ("delete", "events.events.k8s.io", "other", False),

@@ -407,6 +407,12 @@ def test_namespace_policy_is_enforced(cluster: Cluster, operator: Operator) -> N
     cluster.apply(identity_manifest("labelled", namespace=LABELLED_TEAM))
     cluster.kubectl("wait", "--for=condition=Ready", "fid/labelled", "-n", LABELLED_TEAM, "--timeout=60s")
 
+    # Labelling the refused namespace lets its identity in at once: the namespace watch
+    # requeues it (the slow recheck of permanent failures is 5 minutes away).
+    cluster.kubectl("label", "namespace", OTHER_TEAM, "fedid.dev/ci=enabled")
+    cluster.kubectl("wait", "--for=condition=Ready", "fid/outsider", "-n", OTHER_TEAM, "--timeout=30s")
+    assert secret_data(cluster, OTHER_TEAM, "outsider-token")["decoded"]["token"]
+
 
 def test_unknown_issuer_is_reported(cluster: Cluster, operator: Operator) -> None:
     cluster.apply(identity_manifest("lost", issuerRef="does-not-exist"))

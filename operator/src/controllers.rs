@@ -10,9 +10,10 @@ use fedid_core::{
     issuer::{key_store::ISSUER_LABEL, status::IssuerChange},
 };
 use futures::{StreamExt, stream};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, ResourceExt,
+    api::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt, controller, predicates,
         reflector::{self, ObjectRef, Store},
@@ -40,8 +41,8 @@ use crate::{
 /// Runs the issuer and identity controllers until `stop` resolves.
 ///
 /// Identities are reconciled on their own changes (not on status-only writes), on changes of
-/// the fedid-labelled Secrets they own, and on every issuer change that concerns them (see
-/// [`identities_concerned`]). Issuers are reconciled on their own changes and on changes of
+/// the fedid-labelled Secrets they own, on every issuer change that concerns them (see
+/// [`identities_concerned`]), and on label changes of their namespace. Issuers are reconciled on their own changes and on changes of
 /// their key-ring Secrets in the operator's namespace.
 pub async fn run_controllers(
     client: Client,
@@ -71,11 +72,26 @@ pub async fn run_controllers(
     .modify(|secret| secret.managed_fields_mut().clear())
     .reflect(secret_writer)
     .touched_objects();
+    // Namespaces' metadata only: their labels decide selector policies. A label change
+    // requeues the identities in that namespace.
+    let (namespaces, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+    let namespace_changes = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|namespace| namespace.managed_fields_mut().clear())
+    .reflect(namespace_writer)
+    .touched_objects()
+    .predicate_filter(predicates::labels, Default::default())
+    .filter_map(|namespace| async move { namespace.ok().map(|namespace| namespace.name_any()) });
     let mapping_store = identities.clone();
+    let namespace_mapping_store = identities.clone();
     let identity_ctx = Arc::new(IdentityContext {
         shared: ctx.clone(),
         registry,
         secrets: OwnSecrets::new(secrets),
+        namespaces,
     });
     let identity_controller = Controller::for_stream(identity_events, identities)
         .owns_stream(secret_events)
@@ -84,6 +100,9 @@ pub async fn run_controllers(
                 stream::iter(identities_concerned(&mapping_store, &change))
             }),
         )
+        .reconcile_on(namespace_changes.flat_map(move |namespace| {
+            stream::iter(identities_in(&namespace_mapping_store, &namespace))
+        }))
         .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
         .graceful_shutdown_on(stop.clone())
         .run(identity::reconcile, identity::error_policy, identity_ctx)
@@ -136,6 +155,19 @@ pub fn identities_concerned(
         .state()
         .iter()
         .filter(|identity| change.concerns(identity.spec.issuer_ref.as_deref()))
+        .map(|identity| ObjectRef::from_obj(identity.as_ref()))
+        .collect()
+}
+
+/// The identities in `namespace`, requeued when its labels change.
+pub fn identities_in(
+    identities: &Store<FederatedIdentity>,
+    namespace: &str,
+) -> Vec<ObjectRef<FederatedIdentity>> {
+    identities
+        .state()
+        .iter()
+        .filter(|identity| identity.namespace().as_deref() == Some(namespace))
         .map(|identity| ObjectRef::from_obj(identity.as_ref()))
         .collect()
 }
@@ -219,5 +251,22 @@ mod tests {
             names(identities_concerned(&store, &change(false, false))),
             ["names-ci"]
         );
+    }
+
+    #[test]
+    fn a_namespace_label_change_requeues_the_identities_in_it() {
+        let (store, mut writer) = reflector::store::<FederatedIdentity>();
+        let mut elsewhere = identity("elsewhere", None);
+        elsewhere.metadata.namespace = Some("team-b".into());
+        for object in [
+            identity("one", None),
+            identity("two", Some("ci")),
+            elsewhere,
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(object));
+        }
+        assert_eq!(names(identities_in(&store, "team-a")), ["one", "two"]);
+        assert_eq!(names(identities_in(&store, "team-b")), ["elsewhere"]);
+        assert!(identities_in(&store, "team-c").is_empty());
     }
 }

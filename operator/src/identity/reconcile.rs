@@ -1,7 +1,7 @@
 //! The identity pipeline: reconciles one FederatedIdentity in named phases.
 //!
-//! fetch (the issuer from the registry; the namespace's labels only when the issuer's policy
-//! needs them) → validate → plan (given the Secret from fedid's cache) (keep, or issue and why) → mint (signing, on the blocking pool) →
+//! fetch (caches only: the issuer from the registry, the namespace's labels from the namespace
+//! metadata cache when the issuer's policy needs them) → validate → plan (given the Secret from fedid's cache) (keep, or issue and why) → mint (signing, on the blocking pool) →
 //! exchange (none yet) → render (the Secret) → apply (create, or server-side apply when the
 //! Secret is ours) → report (status when it changed, an Event on a transition, metrics,
 //! requeue). Every decision is made by `fedid_core`; this file only moves data to and from
@@ -24,12 +24,16 @@ use fedid_core::{
     reason::{Failure, Reason, Retry, message_chain},
     time::whole_seconds,
 };
+use futures::FutureExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
-    runtime::controller::Action,
+    api::{PartialObjectMeta, Patch, PatchParams, PostParams},
+    runtime::{
+        controller::Action,
+        reflector::{ObjectRef, Store},
+    },
 };
 use tracing::{debug, info, warn};
 
@@ -50,6 +54,8 @@ pub struct IdentityContext {
     pub registry: Arc<IssuerRegistry>,
     /// fedid's own Secrets.
     pub secrets: OwnSecrets,
+    /// Namespaces' metadata (labels decide selector policies).
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
 }
 
 /// Why the fetch phase could not gather what the pass needs.
@@ -73,15 +79,6 @@ pub enum FetchError {
         #[source]
         source: Unusable,
     },
-    /// Reading the namespace's labels failed.
-    #[error("failed to read Namespace {namespace}")]
-    ReadNamespace {
-        /// The namespace.
-        namespace: String,
-        /// Cause.
-        #[source]
-        source: kube::Error,
-    },
 }
 
 impl Failure for FetchError {
@@ -90,7 +87,6 @@ impl Failure for FetchError {
             Self::IssuerNotFound { .. } => Reason::IssuerNotFound,
             Self::NoDefault(error) => error.reason(),
             Self::IssuerNotReady { .. } => Reason::IssuerNotReady,
-            Self::ReadNamespace { .. } => Reason::ApiError,
         }
     }
 
@@ -99,7 +95,7 @@ impl Failure for FetchError {
             // The issuer watch re-triggers these when an issuer appears or changes.
             Self::IssuerNotFound { .. } | Self::NoDefault(_) => Retry::WaitForChange,
             // An issuer being fixed or getting its keys: keep a valid token Ready meanwhile.
-            Self::IssuerNotReady { .. } | Self::ReadNamespace { .. } => Retry::Backoff,
+            Self::IssuerNotReady { .. } => Retry::Backoff,
         }
     }
 }
@@ -220,7 +216,12 @@ pub async fn reconcile(
     ctx: Arc<IdentityContext>,
 ) -> Result<Action, ReportError> {
     let shared = &ctx.shared;
-    if !(ctx.registry.is_synced() && ctx.secrets.is_listed()) {
+    let namespaces_listed = ctx
+        .namespaces
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|ready| ready.is_ok());
+    if !(ctx.registry.is_synced() && ctx.secrets.is_listed() && namespaces_listed) {
         // Until every issuer and every fedid Secret is loaded, "not found" and "absent" would
         // be lies: check again shortly, write nothing. (Never wait here: a reconciler holding
         // its slot would keep the controller from polling the very watch that fills the cache.)
@@ -244,7 +245,7 @@ async fn run_pipeline(
     now: Timestamp,
 ) -> Result<Issued, IdentityError> {
     let settings = &ctx.shared.settings;
-    let fetched = fetch(identity, ctx).await?;
+    let fetched = fetch(identity, ctx)?;
     let config = fetched
         .issuer
         .config
@@ -292,27 +293,17 @@ async fn run_pipeline(
     })
 }
 
-/// Fetch: the issuer from the registry, and the namespace's labels only when the issuer's
-/// policy needs them to decide (the one read that is not from a cache).
-async fn fetch(identity: &FederatedIdentity, ctx: &IdentityContext) -> Result<Fetched, FetchError> {
-    let shared = &ctx.shared;
+/// Fetch, from caches only: the issuer from the registry, and the namespace's labels (from the
+/// namespace metadata cache) only when the issuer's policy needs them to decide.
+fn fetch(identity: &FederatedIdentity, ctx: &IdentityContext) -> Result<Fetched, FetchError> {
     let issuer = resolve_issuer(&ctx.registry, identity.spec.issuer_ref.as_deref())?;
     let namespace = identity.namespace().unwrap_or_default();
-    let namespace_labels = if issuer.resource.needs_namespace_labels(&namespace) {
-        let labels = Api::<Namespace>::all(shared.client.clone())
-            .get_metadata(&namespace)
-            .await
-            .map_err(|source| FetchError::ReadNamespace {
-                namespace: namespace.clone(),
-                source,
-            })?
-            .metadata
-            .labels
-            .unwrap_or_default();
-        Some(labels)
-    } else {
-        None
-    };
+    let namespace_labels = issuer.resource.needs_namespace_labels(&namespace).then(|| {
+        ctx.namespaces
+            .get(&ObjectRef::new(&namespace))
+            .and_then(|cached| cached.metadata.labels.clone())
+            .unwrap_or_default()
+    });
     Ok(Fetched {
         issuer,
         namespace_labels,
@@ -492,6 +483,8 @@ fn new_token_id() -> String {
 mod tests {
     use std::sync::Arc;
 
+    use std::collections::BTreeMap;
+
     use http::{Method, StatusCode};
     use kube::runtime::{reflector, watcher};
     use serde_json::{Value, json};
@@ -524,12 +517,23 @@ mod tests {
     /// A context whose issuer `ci` (the default, signing with `ring`) allows `team-a`, with
     /// the given cached Secrets.
     fn context(ring: &KeyRing, cached: Vec<Secret>) -> (Arc<IdentityContext>, MockHandle) {
+        context_with_policy(ring, cached, json!({"names": [TEAM]}), BTreeMap::new())
+    }
+
+    /// A context whose issuer `ci` has the namespace policy `allowed`, and whose namespace cache
+    /// holds `team-a` with `labels`.
+    fn context_with_policy(
+        ring: &KeyRing,
+        cached: Vec<Secret>,
+        allowed: Value,
+        labels: BTreeMap<String, String>,
+    ) -> (Arc<IdentityContext>, MockHandle) {
         let (client, handle) = mock_client();
         let mut issuer = fixtures::issuer(
             "ci",
             json!({
                 "issuerURL": "https://fedid.example.com/ci",
-                "allowedNamespaces": {"names": [TEAM]},
+                "allowedNamespaces": allowed,
             }),
         );
         issuer
@@ -551,10 +555,18 @@ mod tests {
             settings,
             None,
         ));
+        let (namespaces, mut namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+        let mut team = PartialObjectMeta::<Namespace>::default();
+        team.metadata.name = Some(TEAM.into());
+        team.metadata.labels = Some(labels);
+        namespace_writer.apply_watcher_event(&watcher::Event::Init);
+        namespace_writer.apply_watcher_event(&watcher::Event::InitApply(team));
+        namespace_writer.apply_watcher_event(&watcher::Event::InitDone);
         let ctx = IdentityContext {
             shared,
             registry,
             secrets: OwnSecrets::new(secrets),
+            namespaces,
         };
         (Arc::new(ctx), handle)
     }
@@ -656,5 +668,71 @@ mod tests {
             .find(|delay| action == Action::requeue(*delay))
             .expect("a requeue at the renewal time");
         assert!((2160..=2640).contains(&renew_in.as_secs()), "{renew_in:?}");
+    }
+
+    #[tokio::test]
+    async fn a_selector_policy_is_decided_from_the_namespace_cache_without_a_read() {
+        let selector = json!({"selector": {"matchLabels": {"fedid.dev/ci": "enabled"}}});
+        // Labels that do not match: refused, and nothing is read or written but the report.
+        let (ctx, mut handle) = context_with_policy(
+            &fixtures::ring(),
+            Vec::new(),
+            selector.clone(),
+            BTreeMap::new(),
+        );
+        let server = tokio::spawn(async move {
+            let (request, send) = next(&mut handle).await;
+            assert_eq!(
+                request.method(),
+                Method::PATCH,
+                "the first request is the status"
+            );
+            let patch = body_json(request).await;
+            assert_eq!(
+                patch["status"]["conditions"][0]["reason"],
+                "NamespaceNotAllowed"
+            );
+            send.send_response(respond(StatusCode::OK, &identity_json()));
+            let (_event, send) = next(&mut handle).await;
+            send.send_response(respond(StatusCode::OK, &json!({})));
+            handle
+        });
+        reconcile(Arc::new(identity()), ctx)
+            .await
+            .expect("reconciles");
+        let mut handle = server
+            .await
+            .expect("the mock apiserver saw what it expected");
+        assert_no_request(&mut handle).await;
+
+        // Matching labels in the cache: the first request is the Secret's creation.
+        let labels = BTreeMap::from([("fedid.dev/ci".to_owned(), "enabled".to_owned())]);
+        let (ctx, mut handle) =
+            context_with_policy(&fixtures::ring(), Vec::new(), selector, labels);
+        let server = tokio::spawn(async move {
+            let (request, send) = next(&mut handle).await;
+            assert_eq!(
+                (request.method(), request.uri().path()),
+                (&Method::POST, "/api/v1/namespaces/team-a/secrets")
+            );
+            let secret = body_json(request).await;
+            send.send_response(respond(StatusCode::CREATED, &secret));
+            let (request, send) = next(&mut handle).await;
+            assert_eq!(
+                body_json(request).await["status"]["conditions"][0]["reason"],
+                "Issued"
+            );
+            send.send_response(respond(StatusCode::OK, &identity_json()));
+            let (_event, send) = next(&mut handle).await;
+            send.send_response(respond(StatusCode::OK, &json!({})));
+            handle
+        });
+        reconcile(Arc::new(identity()), ctx)
+            .await
+            .expect("reconciles");
+        let mut handle = server
+            .await
+            .expect("the mock apiserver saw what it expected");
+        assert_no_request(&mut handle).await;
     }
 }
