@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::{
     credentials::{
         secret::{Ownership, TOKEN_KEY, ownership},
-        token::decode_unverified,
+        token::{Minted, decode_unverified},
     },
     identity::{
         schedule::{
@@ -38,6 +38,27 @@ pub struct Issued {
     pub renew_at: Timestamp,
     /// Set when this pass wrote a new token, with why.
     pub written: Option<ReissueReason>,
+}
+
+impl Issued {
+    /// The token this pass minted and wrote for `identity`, with its deterministic renewal
+    /// time (`margin` is the least validity left at renewal).
+    pub fn written(
+        identity: &ValidatedIdentity,
+        token: &Minted,
+        reason: ReissueReason,
+        margin: SignedDuration,
+    ) -> Self {
+        Self {
+            secret_name: identity.secret_name.clone(),
+            issuer: identity.issuer.clone(),
+            key_id: token.key_id.clone(),
+            issued_at: token.issued_at,
+            expires_at: token.expires_at,
+            renew_at: renewal_time(&identity.uid, token.issued_at, token.expires_at, margin),
+            written: Some(reason),
+        }
+    }
 }
 
 /// What the plan phase decided.
@@ -379,6 +400,30 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_written_token_is_kept_until_the_renewal_time_it_was_reported_with() {
+        let world = World::new();
+        let validated = world.validated();
+        let minted = mint(&validated, &world.signer, at(T0), "jti").expect("mints");
+        let written = Issued::written(&validated, &minted, ReissueReason::NoToken, MARGIN);
+        let secret = render_secret(&validated, &without_exchange(minted));
+        let Ok(Plan::Keep(kept)) = plan(
+            &validated,
+            Some(&secret),
+            &world.published(),
+            at(T0 + 1),
+            MARGIN,
+        ) else {
+            panic!("the written token is kept");
+        };
+        assert_eq!(kept.renew_at, written.renew_at);
+        assert_eq!(
+            (kept.key_id, kept.expires_at),
+            (written.key_id, written.expires_at)
+        );
+        assert_eq!(written.written, Some(ReissueReason::NoToken));
     }
 
     #[test]

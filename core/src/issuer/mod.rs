@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod discovery;
+pub mod documents;
 pub mod key_store;
 pub mod keys;
 pub mod status;

@@ -24,7 +24,6 @@ use fedid_core::{
     reason::{Failure, Reason, Retry, message_chain},
     time::whole_seconds,
 };
-use futures::FutureExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
@@ -41,7 +40,7 @@ use super::secrets::OwnSecrets;
 use crate::{
     issuer::registry::{IssuerRegistry, LoadedIssuer, Unusable},
     runtime::{
-        context::{Context, FIELD_MANAGER, apply_status},
+        context::{Context, FIELD_MANAGER, apply_status, is_listed},
         metrics::IssuerLabels,
     },
 };
@@ -216,12 +215,7 @@ pub async fn reconcile(
     ctx: Arc<IdentityContext>,
 ) -> Result<Action, ReportError> {
     let shared = &ctx.shared;
-    let namespaces_listed = ctx
-        .namespaces
-        .wait_until_ready()
-        .now_or_never()
-        .is_some_and(|ready| ready.is_ok());
-    if !(ctx.registry.is_synced() && ctx.secrets.is_listed() && namespaces_listed) {
+    if !(ctx.registry.is_synced() && ctx.secrets.is_listed() && is_listed(&ctx.namespaces)) {
         // Until every issuer and every fedid Secret is loaded, "not found" and "absent" would
         // be lies: check again shortly, write nothing. (Never wait here: a reconciler holding
         // its slot would keep the controller from polling the very watch that fills the cache.)
@@ -276,21 +270,12 @@ async fn run_pipeline(
     let secret = render_secret(&validated, &credentials);
     let written = apply(&ctx.shared, secret, secret_exists).await?;
     ctx.secrets.recent_writes.remember(written);
-    let token = &credentials.token;
-    Ok(Issued {
-        secret_name: validated.secret_name.clone(),
-        issuer: validated.issuer.clone(),
-        key_id: token.key_id.clone(),
-        issued_at: token.issued_at,
-        expires_at: token.expires_at,
-        renew_at: fedid_core::identity::plan::renewal_time(
-            &validated.uid,
-            token.issued_at,
-            token.expires_at,
-            margin,
-        ),
-        written: Some(reason),
-    })
+    Ok(Issued::written(
+        &validated,
+        &credentials.token,
+        reason,
+        margin,
+    ))
 }
 
 /// Fetch, from caches only: the issuer from the registry, and the namespace's labels (from the
@@ -511,7 +496,7 @@ mod tests {
     }
 
     fn identity() -> FederatedIdentity {
-        serde_json::from_value(identity_json()).unwrap()
+        serde_json::from_value(identity_json()).expect("an identity")
     }
 
     /// A context whose issuer `ci` (the default, signing with `ring`) allows `team-a`, with
@@ -569,6 +554,17 @@ mod tests {
             namespaces,
         };
         (Arc::new(ctx), handle)
+    }
+
+    /// Answers the report phase: the status patch, whose `status` is returned, then the Event.
+    async fn answer_report(handle: &mut MockHandle) -> Value {
+        let (request, send) = next(handle).await;
+        assert_eq!(request.method(), Method::PATCH, "the report's status write");
+        let status = body_json(request).await["status"].clone();
+        send.send_response(respond(StatusCode::OK, &identity_json()));
+        let (_event, send) = next(handle).await;
+        send.send_response(respond(StatusCode::OK, &json!({})));
+        status
     }
 
     #[tokio::test]
@@ -641,27 +637,23 @@ mod tests {
             let mut secret = body_json(request).await;
             secret["metadata"]["resourceVersion"] = json!("5");
             send.send_response(respond(StatusCode::CREATED, &secret));
-            let (request, send) = next(&mut handle).await;
-            let status = body_json(request).await["status"].clone();
-            send.send_response(respond(StatusCode::OK, &identity_json()));
-            let (_event, send) = next(&mut handle).await;
-            send.send_response(respond(StatusCode::OK, &json!({})));
+            let status = answer_report(&mut handle).await;
             (secret, status)
         });
         reconcile(Arc::new(identity()), ctx)
             .await
             .expect("first pass");
-        let (secret, status) = server.await.unwrap();
+        let (secret, status) = server.await.expect("the first pass was served");
 
         // A restarted operator: the Secret is in its cache, the status on the object.
-        let secret: Secret = serde_json::from_value(secret).unwrap();
+        let secret: Secret = serde_json::from_value(secret).expect("a Secret");
         let (ctx, mut handle) = context(&ring, vec![secret]);
         let mut current = identity();
-        current.status = Some(serde_json::from_value(status).unwrap());
+        current.status = Some(serde_json::from_value(status).expect("a status"));
         let pass = tokio::spawn(reconcile(Arc::new(current), ctx));
         // A still-valid token and an unchanged status must cause no request at all.
         assert_no_request(&mut handle).await;
-        let action = pass.await.unwrap().expect("second pass");
+        let action = pass.await.expect("joins").expect("second pass");
         // It comes back at the renewal time, 2/3 of the default 1h lifetime ±10%.
         let renew_in = (1..=3600)
             .map(Duration::from_secs)
@@ -681,20 +673,8 @@ mod tests {
             BTreeMap::new(),
         );
         let server = tokio::spawn(async move {
-            let (request, send) = next(&mut handle).await;
-            assert_eq!(
-                request.method(),
-                Method::PATCH,
-                "the first request is the status"
-            );
-            let patch = body_json(request).await;
-            assert_eq!(
-                patch["status"]["conditions"][0]["reason"],
-                "NamespaceNotAllowed"
-            );
-            send.send_response(respond(StatusCode::OK, &identity_json()));
-            let (_event, send) = next(&mut handle).await;
-            send.send_response(respond(StatusCode::OK, &json!({})));
+            let status = answer_report(&mut handle).await;
+            assert_eq!(status["conditions"][0]["reason"], "NamespaceNotAllowed");
             handle
         });
         reconcile(Arc::new(identity()), ctx)
@@ -717,14 +697,8 @@ mod tests {
             );
             let secret = body_json(request).await;
             send.send_response(respond(StatusCode::CREATED, &secret));
-            let (request, send) = next(&mut handle).await;
-            assert_eq!(
-                body_json(request).await["status"]["conditions"][0]["reason"],
-                "Issued"
-            );
-            send.send_response(respond(StatusCode::OK, &identity_json()));
-            let (_event, send) = next(&mut handle).await;
-            send.send_response(respond(StatusCode::OK, &json!({})));
+            let status = answer_report(&mut handle).await;
+            assert_eq!(status["conditions"][0]["reason"], "Issued");
             handle
         });
         reconcile(Arc::new(identity()), ctx)

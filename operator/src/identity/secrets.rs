@@ -6,12 +6,13 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     ResourceExt,
     runtime::reflector::{ObjectRef, Store},
 };
+
+use crate::runtime::context::is_listed;
 
 /// Secrets fedid wrote recently, overlaid on the (possibly lagging) watch cache.
 #[derive(Default)]
@@ -75,10 +76,7 @@ impl OwnSecrets {
 
     /// Whether the cache has received its initial list (never waits).
     pub fn is_listed(&self) -> bool {
-        self.cache
-            .wait_until_ready()
-            .now_or_never()
-            .is_some_and(|ready| ready.is_ok())
+        is_listed(&self.cache)
     }
 
     /// The Secret as fedid last saw it. fedid reads no Secret outside this cache: one that
@@ -111,10 +109,10 @@ mod tests {
         let key = ObjectRef::<Secret>::new("s").within("ns");
         writes.remember(secret_with_version("20"));
         let stale = Arc::new(secret_with_version("10"));
-        let chosen = writes.freshest(&key, Some(stale)).unwrap();
+        let chosen = writes.freshest(&key, Some(stale)).expect("the write");
         assert_eq!(chosen.resource_version().as_deref(), Some("20"));
         let caught_up = Arc::new(secret_with_version("20"));
-        let chosen = writes.freshest(&key, Some(caught_up)).unwrap();
+        let chosen = writes.freshest(&key, Some(caught_up)).expect("the cache");
         assert_eq!(chosen.resource_version().as_deref(), Some("20"));
         assert!(
             writes.lock().is_empty(),

@@ -20,11 +20,12 @@ use fedid_core::{
     crd::{IdentityIssuer, IdentityIssuerStatus},
     issuer::{
         config::{IssuerConfig, IssuerSpecError, validate_issuer_spec},
+        documents::render_documents,
         key_store::{
             KeysError, Rotation, key_ring_secret_name, render_key_ring_secret, render_static_files,
             rotate, static_files_config_map_name, stored_key_ring,
         },
-        keys::generate_key,
+        keys::{KeyRing, generate_key},
         status::{KeysState, Outcome, next_status, requeue, rotation_event, transition_event},
     },
     reason::{Failure, Reason, Retry, message_chain},
@@ -39,12 +40,9 @@ use kube::{
 };
 use tracing::{info, warn};
 
-use crate::{
-    issuer::registry::LoadedIssuer,
-    runtime::{
-        context::{Context, FIELD_MANAGER, apply_status},
-        metrics::IssuerLabels,
-    },
+use crate::runtime::{
+    context::{Context, FIELD_MANAGER, apply_status},
+    metrics::IssuerLabels,
 };
 
 /// The shared context plus the issuer controller's own state.
@@ -137,12 +135,6 @@ impl IssuerError {
     }
 }
 
-/// The key ring after a successful pass, and the Secret it is stored in.
-struct Keys {
-    rotation: Rotation,
-    secret: Secret,
-}
-
 /// Reconciles one IdentityIssuer.
 #[tracing::instrument(skip_all, fields(issuer = %issuer.name_any()))]
 pub async fn reconcile(
@@ -167,18 +159,19 @@ pub async fn reconcile(
     // failure is retried (error policy) after the status is written, not instead of it.
     let mut static_files = Ok(());
     if let Ok(keys) = &result {
-        for event in keys.rotation.steps.iter().filter_map(rotation_event) {
+        for event in keys.steps.iter().filter_map(rotation_event) {
             info!(note = %event.note, "key ring changed");
             shared.publish(&issuer.object_ref(&()), event).await;
         }
-        let loaded = LoadedIssuer::load(issuer.clone(), Some(&keys.secret));
-        static_files = write_static_files(&issuer, &loaded, shared, now).await;
+        if let Ok(config) = &config {
+            static_files = write_static_files(&issuer, config, &keys.ring, shared, now).await;
+        }
     }
 
     let outcome: Outcome<'_> = match (&result, &config) {
         (Ok(keys), Ok(config)) => Ok(KeysState {
             config,
-            ring: &keys.rotation.ring,
+            ring: &keys.ring,
         }),
         (Err(error), _) => Err(error),
         (Ok(_), Err(error)) => Err(error),
@@ -226,7 +219,7 @@ async fn ensure_keys(
     config: &IssuerConfig,
     ctx: &Context,
     now: Timestamp,
-) -> Result<Keys, IssuerError> {
+) -> Result<Rotation, IssuerError> {
     let namespace = &ctx.settings.namespace;
     let name = issuer.name_any();
     let secret_name = key_ring_secret_name(&name);
@@ -250,11 +243,8 @@ async fn ensure_keys(
     })
     .await
     .map_err(|join| IssuerError::KeyTask(join.to_string()))??;
-    if let Some(secret) = existing.as_ref().filter(|_| !rotation.must_store(true)) {
-        return Ok(Keys {
-            rotation,
-            secret: secret.clone(),
-        });
+    if !rotation.must_store(existing.is_some()) {
+        return Ok(rotation);
     }
     // Render and apply.
     let desired = render_key_ring_secret(
@@ -273,8 +263,8 @@ async fn ensure_keys(
     } else {
         api.create(&params, &desired).await
     };
-    let secret = match written {
-        Ok(secret) => secret,
+    match written {
+        Ok(_) => {}
         Err(kube::Error::Api(status)) if status.code == 409 => return Err(IssuerError::Raced),
         Err(source) => {
             return Err(IssuerError::Api {
@@ -282,24 +272,34 @@ async fn ensure_keys(
                 source,
             });
         }
-    };
+    }
     ctx.metrics
         .keys_created
         .get_or_create(&IssuerLabels { issuer: name })
         .inc_by(u64::try_from(rotation.keys_created()).unwrap_or(0));
-    Ok(Keys { rotation, secret })
+    Ok(rotation)
 }
 
 /// Mirrors the served documents into a ConfigMap (for `fedid issuer files` and static
 /// hosting); writes only when they changed.
 async fn write_static_files(
     issuer: &IdentityIssuer,
-    loaded: &LoadedIssuer,
+    config: &IssuerConfig,
+    ring: &KeyRing,
     ctx: &Context,
     now: Timestamp,
 ) -> Result<(), IssuerError> {
-    let Some(documents) = loaded.documents(now) else {
+    let published = ring.published_keys(&config.rotation, now);
+    if published.is_empty() {
         return Ok(());
+    }
+    let documents = match render_documents(config, &published) {
+        Ok(documents) => documents,
+        Err(error) => {
+            // The registry reports the same failure when serving; nothing to mirror.
+            warn!(%error, "cannot render the JWKS");
+            return Ok(());
+        }
     };
     let Some(owner) = issuer.controller_owner_ref(&()) else {
         return Ok(());
@@ -310,8 +310,8 @@ async fn write_static_files(
         &issuer.name_any(),
         namespace,
         &owner,
-        &documents.discovery.body,
-        &documents.jwks.body,
+        &documents.discovery,
+        &documents.jwks,
     );
     let api = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace);
     let current = api.get_opt(&name).await.map_err(IssuerError::api(format!(
@@ -358,6 +358,7 @@ mod tests {
                 MockHandle, assert_no_request, body_json, mock_client, next, respond, status_error,
             },
         },
+        issuer::registry::LoadedIssuer,
         runtime::metrics::Metrics,
     };
     use fedid_core::issuer::keys::KeyRing;

@@ -15,7 +15,7 @@ use std::{
 };
 
 use axum::body::Bytes;
-use futures::{FutureExt, StreamExt, stream};
+use futures::{StreamExt, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
@@ -33,12 +33,15 @@ use fedid_core::{
     crd::issuer::{DefaultIssuerError, IdentityIssuer, default_issuer},
     issuer::{
         config::{IssuerConfig, IssuerSpecError, validate_issuer_spec},
-        discovery::{discovery_document, etag},
+        discovery::etag,
+        documents::render_documents,
         key_store::{ISSUER_LABEL, key_ring_from_secret, key_ring_secret_name},
-        keys::{KeyError, KeyRing, Signer, jwks},
+        keys::{KeyError, KeyRing, Signer},
         status::IssuerChange,
     },
 };
+
+use crate::runtime::context::is_listed;
 
 /// A rendered response body and its entity tag.
 #[derive(Clone, Debug)]
@@ -50,9 +53,7 @@ pub struct ServedDocument {
 }
 
 impl ServedDocument {
-    fn json(value: &serde_json::Value) -> Self {
-        // Serializing a serde_json::Value cannot fail.
-        let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    fn new(body: Vec<u8>) -> Self {
         Self {
             etag: etag(&body),
             body: Bytes::from(body),
@@ -209,19 +210,17 @@ impl LoadedIssuer {
         if let Some(cached) = cache.as_ref().filter(|cached| cached.kids == kids) {
             return Some(cached.clone());
         }
-        let keys = match jwks(&published) {
-            Ok(keys) => keys,
+        let documents = match render_documents(config, &published) {
+            Ok(documents) => documents,
             Err(error) => {
                 warn!(issuer = %self.name(), %error, "cannot render the JWKS");
                 return None;
             }
         };
-        let algorithms: Vec<_> = published.iter().map(|key| key.alg).collect();
-        let discovery = discovery_document(&config.issuer_url, &algorithms, &config.claim_names());
         let rendered = Arc::new(ServedDocuments {
             kids,
-            discovery: ServedDocument::json(&discovery),
-            jwks: ServedDocument::json(&keys),
+            discovery: ServedDocument::new(documents.discovery),
+            jwks: ServedDocument::new(documents.jwks),
             max_age_seconds: config.cache_max_age().as_secs(),
         });
         *cache = Some(rendered.clone());
@@ -337,18 +336,6 @@ impl IssuerRegistry {
     }
 }
 
-/// Whether a store has received its initial list.
-fn is_ready<K>(store: &Store<K>) -> bool
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    store
-        .wait_until_ready()
-        .now_or_never()
-        .is_some_and(|ready| ready.is_ok())
-}
-
 /// Keeps `registry` in step with the cluster until the watches end (they retry forever).
 /// Every issuer whose loaded state changed is sent on `changes`, so the identity
 /// controller can reconcile the identities that use it.
@@ -383,7 +370,7 @@ pub async fn sync_registry(
             warn!(%error, "watching {what} failed; retrying");
             continue;
         }
-        if !(is_ready(&issuer_reader) && is_ready(&secret_reader)) {
+        if !(is_listed(&issuer_reader) && is_listed(&secret_reader)) {
             continue;
         }
         let changed = registry.refresh(&issuer_reader.state(), &secret_reader, &namespace);

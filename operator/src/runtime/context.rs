@@ -4,8 +4,10 @@
 
 use std::{sync::Arc, time::Duration};
 
+use futures::FutureExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::reflector::Store;
 use kube::{
     Api, Client, Resource,
     api::{Patch, PatchParams},
@@ -119,4 +121,17 @@ where
     )
     .await
     .map(|_| ())
+}
+
+/// Whether a reflector store has received its initial list. Never waits: a reconciler holding
+/// its slot while waiting would keep the controller from polling the very watch that fills it.
+pub fn is_listed<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|ready| ready.is_ok())
 }
