@@ -148,7 +148,8 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 def test_the_shell_reconcilers_delegate_every_decision_to_the_core() -> None:
     # The phases the docs name are the core's functions, called by the shell's pipelines.
     identity = production_source(CRATES["operator"] / "identity" / "reconcile.rs")
-    for phase in ("validate(", "plan(", "mint(", "render_secret(", "next_status(", "transition_event(", "requeue("):
+    for phase in ("validate(", "plan(", "mint(", "build_request(", "parse_reply(", "render_secret(",
+                  "decide_report(", "exchange_backoff_pending(", "transition_event("):
         assert phase in identity, phase
     issuer = production_source(CRATES["operator"] / "issuer" / "reconcile.rs")
     for phase in ("validate_issuer_spec(", "stored_key_ring(", "rotate(", "render_key_ring_secret(",

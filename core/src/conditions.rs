@@ -8,6 +8,10 @@ use crate::{reason::Reason, time::whole_seconds};
 /// The condition type both resources report.
 pub const READY: &str = "Ready";
 
+/// Type of the condition saying whether the last exchange refreshed the credentials
+/// (identities with `spec.exchange` only).
+pub const CREDENTIALS_FRESH: &str = "CredentialsFresh";
+
 /// Status of a condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConditionStatus {

@@ -31,6 +31,11 @@ pub trait Failure: std::error::Error + Send + Sync {
     fn reason(&self) -> Reason;
     /// When to try again.
     fn retry(&self) -> Retry;
+    /// The least delay before trying again, when the other side asked for one
+    /// (`Retry-After`).
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// The message of an error and all its sources, joined by `": "`, for conditions and Events.
@@ -136,6 +141,26 @@ reasons! {
     SecretConflict,
     /// FederatedIdentity: signing the token failed.
     SigningFailed,
+
+    // Token exchange.
+    /// FederatedIdentity (`CredentialsFresh`): the token was exchanged and the credentials written.
+    Exchanged,
+    /// FederatedIdentity: `spec.exchange` cannot be used (no kind, an invalid endpoint or setting).
+    InvalidExchange,
+    /// FederatedIdentity: the issuer's `spec.exchange.allowedEndpoints` does not allow the endpoint.
+    EndpointNotAllowed,
+    /// FederatedIdentity: the client secret's Secret is missing or lacks `fedid.dev/client-credentials: "true"`.
+    ClientSecretNotAllowed,
+    /// FederatedIdentity: the client secret's Secret lacks the referenced key.
+    ClientSecretKeyMissing,
+    /// FederatedIdentity: `spec.exchange.caBundle` holds no valid PEM certificate.
+    InvalidCABundle,
+    /// FederatedIdentity: the token service refused the exchange (`invalid_grant`, `AccessDenied`, 401/403).
+    ExchangeRejected,
+    /// FederatedIdentity: the token service is unreachable, failing (5xx) or throttling (429).
+    ExchangeUnavailable,
+    /// FederatedIdentity: the token service's reply cannot be understood.
+    ExchangeMalformed,
 
     // Invalid IdentityIssuer settings.
     /// IdentityIssuer: `issuerURL` is not `https`.
@@ -299,6 +324,15 @@ mod tests {
                 "MissingMetadata",
                 "SecretConflict",
                 "SigningFailed",
+                "Exchanged",
+                "InvalidExchange",
+                "EndpointNotAllowed",
+                "ClientSecretNotAllowed",
+                "ClientSecretKeyMissing",
+                "InvalidCABundle",
+                "ExchangeRejected",
+                "ExchangeUnavailable",
+                "ExchangeMalformed",
                 "IssuerURLNotHTTPS",
                 "IssuerURLMissingHost",
                 "IssuerURLUserInfo",

@@ -57,6 +57,45 @@ pub fn until(at: Timestamp, now: Timestamp) -> Duration {
     Duration::from_secs(u64::try_from(seconds).unwrap_or(1))
 }
 
+/// A token bucket: `burst` requests at once, refilled at `rate` per second. Time is injected
+/// as seconds since any fixed origin.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    updated: f64,
+}
+
+impl TokenBucket {
+    /// A full bucket at time `now`. `rate` and `burst` below their minimums (a positive rate,
+    /// a burst of 1) are raised to them.
+    pub fn new(rate: f64, burst: u32, now: f64) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate: if rate > 0.0 { rate } else { f64::MIN_POSITIVE },
+            burst,
+            tokens: burst,
+            updated: now,
+        }
+    }
+
+    /// Takes one token at `now`, or says how long until one is available.
+    pub fn try_take(&mut self, now: f64) -> Result<(), Duration> {
+        let elapsed = (now - self.updated).max(0.0);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.updated = self.updated.max(now);
+        // The epsilon absorbs floating-point drift in the refill.
+        if self.tokens >= 1.0 - 1e-9 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - self.tokens) / self.rate;
+            Err(Duration::from_secs_f64(wait.min(3600.0)))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +168,27 @@ mod tests {
         assert_eq!(until(at(1_090), at(1_000)), Duration::from_secs(90));
         assert_eq!(until(at(900), at(1_000)), Duration::from_secs(1));
         assert_eq!(until(at(1_000), at(1_000)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_token_bucket_allows_its_burst_then_its_rate() {
+        let mut bucket = TokenBucket::new(10.0, 3, 100.0);
+        for _ in 0..3 {
+            assert_eq!(bucket.try_take(100.0), Ok(()));
+        }
+        let wait = bucket.try_take(100.0).expect_err("empty");
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "{wait:?}");
+        assert_eq!(bucket.try_take(100.1), Ok(()));
+        // Over any window, at most burst + rate * seconds are taken.
+        let mut bucket = TokenBucket::new(10.0, 5, 0.0);
+        let taken = (0..10_000)
+            .filter(|step| bucket.try_take(f64::from(*step) * 0.001).is_ok())
+            .count();
+        // 5 at once, then 10/s for the 9.999 s that follow.
+        assert_eq!(taken, 5 + 99);
+        // A clock going backwards never mints tokens.
+        let mut bucket = TokenBucket::new(1.0, 1, 50.0);
+        assert_eq!(bucket.try_take(50.0), Ok(()));
+        assert!(bucket.try_take(10.0).is_err());
     }
 }

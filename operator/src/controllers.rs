@@ -7,6 +7,7 @@ use fedid_core::{
     conditions::ready_condition,
     crd::{FederatedIdentity, IdentityIssuer},
     credentials::secret::IDENTITY_LABEL,
+    exchange::CLIENT_CREDENTIALS_LABEL,
     issuer::{key_store::ISSUER_LABEL, status::IssuerChange},
 };
 use futures::{StreamExt, stream};
@@ -24,9 +25,10 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::{
+    exchange::Exchanger,
     identity::{
         reconcile::{self as identity, IdentityContext},
-        secrets::OwnSecrets,
+        secrets::{ExchangeBackoffs, OwnSecrets},
     },
     issuer::{
         reconcile::{self as issuer, IssuerContext},
@@ -85,13 +87,37 @@ pub async fn run_controllers(
     .touched_objects()
     .predicate_filter(predicates::labels, Default::default())
     .filter_map(|namespace| async move { namespace.ok().map(|namespace| namespace.name_any()) });
+    // Client credentials for exchanges: only Secrets their owners labelled for fedid. A change
+    // requeues the identities of that namespace that reference the Secret.
+    let (client_credentials, client_credentials_writer) = reflector::store::<Secret>();
+    let client_credential_changes = watcher(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{CLIENT_CREDENTIALS_LABEL}=true")),
+    )
+    .default_backoff()
+    .modify(|secret| secret.managed_fields_mut().clear())
+    .reflect(client_credentials_writer)
+    .touched_objects()
+    .filter_map(|secret| async move {
+        secret
+            .ok()
+            .map(|secret| (secret.namespace().unwrap_or_default(), secret.name_any()))
+    });
     let mapping_store = identities.clone();
     let namespace_mapping_store = identities.clone();
+    let credentials_mapping_store = identities.clone();
     let identity_ctx = Arc::new(IdentityContext {
         shared: ctx.clone(),
         registry,
         secrets: OwnSecrets::new(secrets),
         namespaces,
+        client_credentials,
+        exchanger: Arc::new(Exchanger::new(
+            ctx.settings.exchange_qps,
+            ctx.settings.exchange_burst,
+            ctx.metrics.clone(),
+        )),
+        backoffs: ExchangeBackoffs::default(),
     });
     let identity_controller = Controller::for_stream(identity_events, identities)
         .owns_stream(secret_events)
@@ -103,6 +129,15 @@ pub async fn run_controllers(
         .reconcile_on(namespace_changes.flat_map(move |namespace| {
             stream::iter(identities_in(&namespace_mapping_store, &namespace))
         }))
+        .reconcile_on(
+            client_credential_changes.flat_map(move |(namespace, secret)| {
+                stream::iter(identities_using_client_secret(
+                    &credentials_mapping_store,
+                    &namespace,
+                    &secret,
+                ))
+            }),
+        )
         .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
         .graceful_shutdown_on(stop.clone())
         .run(identity::reconcile, identity::error_policy, identity_ctx)
@@ -172,6 +207,31 @@ pub fn identities_in(
         .collect()
 }
 
+/// The identities in `namespace` whose exchange authenticates with the client secret in the
+/// Secret `secret`.
+pub fn identities_using_client_secret(
+    identities: &Store<FederatedIdentity>,
+    namespace: &str,
+    secret: &str,
+) -> Vec<ObjectRef<FederatedIdentity>> {
+    identities
+        .state()
+        .iter()
+        .filter(|identity| identity.namespace().as_deref() == Some(namespace))
+        .filter(|identity| {
+            identity
+                .spec
+                .exchange
+                .as_ref()
+                .and_then(|exchange| exchange.oauth2.as_ref())
+                .and_then(|oauth2| oauth2.client_auth.as_ref())
+                .and_then(|auth| auth.client_secret.as_ref())
+                .is_some_and(|client_secret| client_secret.secret_ref.name == secret)
+        })
+        .map(|identity| ObjectRef::from_obj(identity.as_ref()))
+        .collect()
+}
+
 /// Per-identity samples for the scrape-time gauges.
 pub fn observe(identities: &Store<FederatedIdentity>) -> Vec<IdentityObservation> {
     identities
@@ -192,6 +252,9 @@ pub fn observe(identities: &Store<FederatedIdentity>) -> Vec<IdentityObservation
                     }),
                 expires_at: status
                     .and_then(|status| status.expires_at.as_ref())
+                    .map(|time| time.0.as_second()),
+                credentials_expire_at: status
+                    .and_then(|status| status.credentials_expire_at.as_ref())
                     .map(|time| time.0.as_second()),
             }
         })

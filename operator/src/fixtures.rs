@@ -83,6 +83,8 @@ pub fn settings() -> crate::runtime::context::Settings {
         min_token_lifetime: std::time::Duration::from_secs(600),
         renew_before_expiry: std::time::Duration::from_secs(300),
         concurrency: 1,
+        exchange_qps: 100.0,
+        exchange_burst: 100,
     }
 }
 

@@ -4,11 +4,13 @@
 //!
 //! * [`issuer`]: the registry every replica serves from, and the issuer pipeline;
 //! * [`identity`]: the identity pipeline and its Secret cache;
+//! * [`exchange`]: sending exchange requests within the per-host request budget;
 //! * [`serve`]: discovery, JWKS, health and metrics over HTTP(S);
 //! * [`runtime`]: the shared context, metrics, leader election;
 //! * [`controllers`]: which watches feed which reconciler, and what an issuer change requeues.
 
 pub mod controllers;
+pub mod exchange;
 pub mod identity;
 pub mod issuer;
 pub mod runtime;

@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube_derive::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{claim::Claim, duration::Duration};
+use super::{claim::Claim, duration::Duration, exchange::ExchangeSpec};
 
 /// Regular expression for a DNS-1123 subdomain, the format of Secret names.
 pub const DNS_SUBDOMAIN_PATTERN: &str =
@@ -42,6 +42,11 @@ pub const MAX_AUDIENCES: usize = 10;
     ),
     printcolumn(name = "Issuer", type_ = "string", json_path = ".status.issuer"),
     printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
+    printcolumn(
+        name = "Credentials Expire",
+        type_ = "string",
+        json_path = ".status.credentialsExpireAt"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -87,6 +92,12 @@ pub struct FederatedIdentitySpec {
         regex(pattern = DNS_SUBDOMAIN_PATTERN)
     )]
     pub secret_name: Option<String>,
+
+    /// Trade the token at an outside token service and write the credentials it returns into
+    /// the Secret as well, refreshed before they expire. The endpoint must be allowed by the
+    /// issuer's `spec.exchange.allowedEndpoints`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<ExchangeSpec>,
 }
 
 /// Observed state of a FederatedIdentity.
@@ -134,6 +145,36 @@ pub struct FederatedIdentityStatus {
     /// Reason of the most recent failed attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_reason: Option<String>,
+
+    /// When the exchanged credentials in the Secret expire (identities with `spec.exchange`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_expire_at: Option<Time>,
+
+    /// The most recent exchange request and its outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exchange: Option<LastExchange>,
+}
+
+/// One exchange request as reported in the status.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct LastExchange {
+    /// Host (and port) of the endpoint.
+    pub endpoint_host: String,
+    /// `Exchanged`, or the reason it failed (`ExchangeRejected`, `ExchangeUnavailable`,
+    /// `ExchangeMalformed`).
+    pub outcome: String,
+    /// The error code the endpoint returned, when it returned one (for example
+    /// `invalid_grant` or `AccessDenied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_code: Option<String>,
+    /// When the request was made.
+    pub time: Time,
+    /// After a failure: fedid sends no new request before this time (backoff, or the
+    /// service's `Retry-After`), whatever triggers a pass, unless the spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Time>,
 }
 
 fn is_zero(value: &u32) -> bool {
@@ -211,6 +252,8 @@ mod tests {
             failed_attempts: 0,
             last_failure_reason: None,
             conditions: Vec::new(),
+            credentials_expire_at: None,
+            last_exchange: None,
         };
         assert_eq!(
             serde_json::to_value(&status).expect("serializes"),

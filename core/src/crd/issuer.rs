@@ -117,6 +117,11 @@ pub struct IdentityIssuerSpec {
             .message("subjectTemplate may only use the placeholders {namespace}, {name} and {claims.<claimName>}")
     )]
     pub subject_template: Option<String>,
+
+    /// Which token services this issuer's identities may exchange their tokens at. When
+    /// omitted, they cannot exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<super::exchange::ExchangePolicy>,
 }
 
 /// Signing algorithm of an issuer's keys.

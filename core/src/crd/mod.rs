@@ -5,6 +5,7 @@
 
 pub mod claim;
 pub mod duration;
+pub mod exchange;
 pub mod identity;
 pub mod issuer;
 
@@ -14,6 +15,7 @@ use kube_core::CustomResourceExt;
 pub use self::{
     claim::{Claim, RESERVED_CLAIMS},
     duration::Duration,
+    exchange::{ExchangePolicy, ExchangeSpec},
     identity::{FederatedIdentity, FederatedIdentitySpec, FederatedIdentityStatus},
     issuer::{
         AllowedNamespaces, IdentityIssuer, IdentityIssuerSpec, IdentityIssuerStatus,
@@ -284,6 +286,10 @@ mod tests {
                 ("Ready".into(), ready),
                 ("Issuer".into(), ".status.issuer".into()),
                 ("Expires".into(), ".status.expiresAt".into()),
+                (
+                    "Credentials Expire".into(),
+                    ".status.credentialsExpireAt".into()
+                ),
                 ("Age".into(), ".metadata.creationTimestamp".into()),
             ]
         );

@@ -6,8 +6,15 @@ use sha2::{Digest, Sha256};
 /// Data key holding the signed JWT.
 pub const TOKEN_KEY: &str = "token";
 
-/// Data key holding the token's expiry as an RFC 3339 timestamp.
+/// Data key holding, as an RFC 3339 timestamp, when the Secret's contents expire: the token's
+/// expiry, or for an identity with an exchange the earlier of the token's and the credentials'.
 pub const EXPIRES_AT_KEY: &str = "expires-at";
+
+/// Annotation holding the digest of the `spec.exchange` the credentials were obtained with.
+pub const EXCHANGE_DIGEST_ANNOTATION: &str = "fedid.dev/exchange-digest";
+
+/// Annotation holding when the exchanged credentials expire (RFC 3339).
+pub const CREDENTIALS_EXPIRE_AT_ANNOTATION: &str = "fedid.dev/credentials-expire-at";
 
 /// Label naming the FederatedIdentity a Secret belongs to.
 pub const IDENTITY_LABEL: &str = "fedid.dev/identity";

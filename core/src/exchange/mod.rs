@@ -1,45 +1,793 @@
-//! The exchange phase: what the identity pipeline does with a freshly minted token before it is
-//! written. Today every identity hands its JWT to its pods as it is; exchange kinds (RFC 8693,
-//! AWS STS, GCP STS, Vault, Azure) add their request builders and reply parsers here, return
-//! richer [`Credentials`], and their own [`ExchangeError`] variants.
+//! The exchange phase's decisions: whether an identity's exchange may run (the issuer's endpoint
+//! policy), the exact HTTP request each kind sends, and what its reply means: credentials with
+//! their real expiry, or a classified failure. The shell only sends the request and hands back
+//! the reply; nothing here performs I/O.
+//!
+//! Kinds: [`oauth2`] (RFC 8693), [`vault`] (Vault/OpenBao JWT auth) and [`aws`] (STS
+//! AssumeRoleWithWebIdentity).
+
+pub mod aws;
+pub mod endpoint;
+pub mod oauth2;
+mod reply;
+pub mod vault;
 
 use std::fmt;
 
+use jiff::Timestamp;
+use sha2::{Digest, Sha256};
+
 use crate::{
+    crd::{ExchangePolicy, ExchangeSpec, exchange::SecretKeyRef},
     credentials::token::Minted,
     reason::{Failure, Reason, Retry},
 };
+
+pub use self::endpoint::Endpoint;
+
+/// Default time one exchange request may take.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Label that marks a Secret whose client credentials fedid may send to a token endpoint.
+pub const CLIENT_CREDENTIALS_LABEL: &str = "fedid.dev/client-credentials";
+
+/// Longest upstream error code kept for status and Events.
+const MAX_CODE_LENGTH: usize = 64;
+
+/// The kind of an exchange, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExchangeKind {
+    /// RFC 8693 token exchange.
+    OAuth2,
+    /// Vault or OpenBao JWT auth.
+    Vault,
+    /// AWS STS AssumeRoleWithWebIdentity.
+    Aws,
+}
+
+impl ExchangeKind {
+    /// The kind's field name in `spec.exchange`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OAuth2 => "oauth2",
+            Self::Vault => "vault",
+            Self::Aws => "aws",
+        }
+    }
+}
+
+/// An exchange spec that passed the issuer's policy, with every default resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedExchange {
+    /// The kind.
+    pub kind: ExchangeKind,
+    /// The URL the request goes to.
+    pub endpoint: Endpoint,
+    /// The spec as written (each kind's builder reads its own part).
+    pub spec: ExchangeSpec,
+    /// The client secret to send, if the kind authenticates with one.
+    pub client_secret: Option<SecretKeyRef>,
+    /// Request timeout.
+    pub timeout: std::time::Duration,
+    /// A digest of the spec, stored on the Secret so a spec change re-exchanges.
+    pub spec_digest: String,
+}
+
+/// Checks `spec` against the issuer `issuer`'s `policy` and resolves its defaults.
+pub fn validate(
+    spec: &ExchangeSpec,
+    issuer: &str,
+    policy: Option<&ExchangePolicy>,
+) -> Result<ValidatedExchange, ExchangeError> {
+    let (kind, url, client_secret) = match (&spec.oauth2, &spec.vault, &spec.aws) {
+        (Some(oauth2), None, None) => (
+            ExchangeKind::OAuth2,
+            oauth2.token_url.clone(),
+            oauth2
+                .client_auth
+                .as_ref()
+                .and_then(|auth| auth.client_secret.as_ref())
+                .map(|secret| secret.secret_ref.clone()),
+        ),
+        (None, Some(vault), None) => (ExchangeKind::Vault, vault::login_url(vault), None),
+        (None, None, Some(aws)) => (ExchangeKind::Aws, aws::endpoint_url(aws), None),
+        _ => return Err(ExchangeError::NotExactlyOneKind),
+    };
+    let endpoint = Endpoint::parse(&url).map_err(|problem| ExchangeError::InvalidEndpoint {
+        url: url.clone(),
+        problem,
+    })?;
+    let allowed = policy
+        .map(|policy| policy.allowed_endpoints.as_slice())
+        .unwrap_or_default();
+    if !allowed.iter().any(|prefix| endpoint.starts_with(prefix)) {
+        return Err(ExchangeError::EndpointNotAllowed {
+            url,
+            issuer: issuer.to_owned(),
+        });
+    }
+    if let Some(aws) = &spec.aws {
+        aws::check(aws)?;
+    }
+    let timeout = spec
+        .timeout
+        .map_or(DEFAULT_TIMEOUT, |timeout| timeout.to_std());
+    let digest = Sha256::digest(serde_json::to_vec(spec).unwrap_or_default());
+    Ok(ValidatedExchange {
+        kind,
+        endpoint,
+        spec: spec.clone(),
+        client_secret,
+        timeout,
+        spec_digest: hex(&digest[..12]),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Who the request is for (templates such as the AWS session name use it).
+#[derive(Clone, Copy, Debug)]
+pub struct Requester<'a> {
+    /// The identity's namespace.
+    pub namespace: &'a str,
+    /// The identity's name.
+    pub name: &'a str,
+}
+
+/// The body of an exchange request.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RequestBody {
+    /// `application/x-www-form-urlencoded` parameters.
+    Form(Vec<(String, String)>),
+    /// A JSON document.
+    Json(serde_json::Value),
+}
+
+impl RequestBody {
+    /// The `Content-Type` and bytes sent on the wire.
+    pub fn encode(&self) -> (&'static str, Vec<u8>) {
+        match self {
+            Self::Form(form) => {
+                let encoded = form
+                    .iter()
+                    .map(|(name, value)| {
+                        format!("{}={}", reply::form_encode(name), reply::form_encode(value))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("&");
+                ("application/x-www-form-urlencoded", encoded.into_bytes())
+            }
+            Self::Json(json) => ("application/json", json.to_string().into_bytes()),
+        }
+    }
+}
+
+impl fmt::Debug for RequestBody {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Form(form) => {
+                let names: Vec<&str> = form.iter().map(|(name, _)| name.as_str()).collect();
+                write!(formatter, "Form({names:?})")
+            }
+            Self::Json(_) => formatter.write_str("Json"),
+        }
+    }
+}
+
+/// One HTTP POST to a token service. Its `Debug` output shows no header or parameter value,
+/// since they carry the token and client secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExchangeRequest {
+    /// The kind, for metrics.
+    pub kind: ExchangeKind,
+    /// The full URL.
+    pub url: String,
+    /// Host and port, for the request budget, metrics and status.
+    pub host: String,
+    /// Extra headers (names and values).
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: RequestBody,
+}
+
+impl fmt::Debug for ExchangeRequest {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        let parameters: Vec<&str> = match &self.body {
+            RequestBody::Form(form) => form.iter().map(|(name, _)| name.as_str()).collect(),
+            RequestBody::Json(_) => vec!["<json>"],
+        };
+        formatter
+            .debug_struct("ExchangeRequest")
+            .field("kind", &self.kind)
+            .field("url", &self.url)
+            .field("headers", &header_names)
+            .field("parameters", &parameters)
+            .finish()
+    }
+}
+
+/// Builds the request of `exchange` for `token`. `client_secret` is the value of the
+/// referenced key, when the exchange has one.
+pub fn build_request(
+    exchange: &ValidatedExchange,
+    token: &Minted,
+    client_secret: Option<&str>,
+    requester: Requester<'_>,
+) -> ExchangeRequest {
+    let (headers, body) = match (
+        &exchange.spec.oauth2,
+        &exchange.spec.vault,
+        &exchange.spec.aws,
+    ) {
+        (Some(oauth2), _, _) => oauth2::request(oauth2, &token.jwt, client_secret),
+        (_, Some(vault), _) => vault::request(vault, &token.jwt),
+        (_, _, Some(aws)) => aws::request(aws, &token.jwt, requester),
+        (None, None, None) => (Vec::new(), RequestBody::Form(Vec::new())),
+    };
+    ExchangeRequest {
+        kind: exchange.kind,
+        url: exchange.endpoint.url().to_owned(),
+        host: exchange.endpoint.host().to_owned(),
+        headers,
+        body,
+    }
+}
+
+/// What came back from the token service.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// An HTTP response.
+    Response {
+        /// Status code.
+        status: u16,
+        /// The `Retry-After` header, when present.
+        retry_after: Option<String>,
+        /// The body (never logged or reported).
+        body: Vec<u8>,
+    },
+    /// No response: the shell's transport error.
+    NoResponse(Transport),
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Response { status, .. } => write!(formatter, "Response({status})"),
+            Self::NoResponse(transport) => write!(formatter, "NoResponse({transport:?})"),
+        }
+    }
+}
+
+/// Why no response arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// The request timed out.
+    Timeout,
+    /// The connection was refused or could not be made.
+    Connect,
+    /// The endpoint answered with a redirect, which fedid never follows.
+    Redirect,
+    /// Another transport failure (TLS, a broken connection).
+    Other,
+}
+
+impl Transport {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Timeout => "the request timed out",
+            Self::Connect => "the connection failed",
+            Self::Redirect => "the endpoint answered with a redirect, which fedid does not follow",
+            Self::Other => "the request failed before a response arrived",
+        }
+    }
+}
+
+/// One file of the output Secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutputFile {
+    /// The Secret data key.
+    pub key: &'static str,
+    /// Its contents.
+    pub value: Vec<u8>,
+}
+
+impl fmt::Debug for OutputFile {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            formatter,
+            "OutputFile({}, {} bytes)",
+            self.key,
+            self.value.len()
+        )
+    }
+}
+
+/// Credentials a token service issued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exchanged {
+    /// The files written into the Secret.
+    pub files: Vec<OutputFile>,
+    /// When the credentials expire: the reply's, capped at the subject token's expiry when the
+    /// reply says nothing.
+    pub expires_at: Timestamp,
+    /// The endpoint's host.
+    pub host: String,
+    /// The exchange's spec digest.
+    pub spec_digest: String,
+}
+
+/// Interprets `reply` to `exchange`'s request for `token` at `now`.
+pub fn parse_reply(
+    exchange: &ValidatedExchange,
+    token: &Minted,
+    reply: &Reply,
+    now: Timestamp,
+) -> Result<Exchanged, ExchangeError> {
+    let host = exchange.endpoint.host();
+    let (status, retry_after, body) = match reply {
+        Reply::Response {
+            status,
+            retry_after,
+            body,
+        } => (*status, retry_after.as_deref(), body.as_slice()),
+        Reply::NoResponse(transport) => {
+            return Err(ExchangeError::Unavailable {
+                host: host.to_owned(),
+                detail: transport.describe().to_owned(),
+                code: None,
+                retry_after: None,
+            });
+        }
+    };
+    let outcome = match (
+        &exchange.spec.oauth2,
+        &exchange.spec.vault,
+        &exchange.spec.aws,
+    ) {
+        (Some(_), _, _) => oauth2::parse(status, body, token, now),
+        (_, Some(_), _) => vault::parse(status, body, token, now),
+        (_, _, Some(aws)) => aws::parse(aws, status, body),
+        (None, None, None) => Err(Upstream::Malformed("no exchange kind")),
+    };
+    match outcome {
+        Ok((files, expires_at)) => Ok(Exchanged {
+            files,
+            expires_at,
+            host: host.to_owned(),
+            spec_digest: exchange.spec_digest.clone(),
+        }),
+        Err(upstream) => Err(upstream.into_error(host, status, retry_after, now)),
+    }
+}
+
+/// A parser's verdict on a reply that carries no credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Upstream {
+    /// The service refused this request; `code` is its error code, when it gave one.
+    Rejected(Option<String>),
+    /// The service is unavailable or throttling.
+    Unavailable(Option<String>),
+    /// The reply cannot be understood.
+    Malformed(&'static str),
+}
+
+impl Upstream {
+    /// Classifies an error reply with `code` by the HTTP status when the code does not decide.
+    pub(crate) fn by_status(status: u16, code: Option<String>) -> Self {
+        if status == 429 || status >= 500 {
+            Self::Unavailable(code)
+        } else {
+            Self::Rejected(code)
+        }
+    }
+
+    fn into_error(
+        self,
+        host: &str,
+        status: u16,
+        retry_after: Option<&str>,
+        now: Timestamp,
+    ) -> ExchangeError {
+        let host = host.to_owned();
+        match self {
+            Self::Rejected(code) => ExchangeError::Rejected {
+                host,
+                status,
+                code: code.map(|code| sanitize_code(&code)),
+            },
+            Self::Unavailable(code) => ExchangeError::Unavailable {
+                host,
+                detail: format!("HTTP {status}"),
+                code: code.map(|code| sanitize_code(&code)),
+                retry_after: retry_after.and_then(|value| parse_retry_after(value, now)),
+            },
+            Self::Malformed(what) => ExchangeError::Malformed { host, status, what },
+        }
+    }
+}
+
+/// Keeps an upstream error code printable and short: it reaches status and Events.
+fn sanitize_code(code: &str) -> String {
+    code.chars()
+        .map(|character| {
+            if character.is_ascii_graphic() || character == ' ' {
+                character
+            } else {
+                '?'
+            }
+        })
+        .take(MAX_CODE_LENGTH)
+        .collect()
+}
+
+/// Longest `Retry-After` honoured.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// `Retry-After` as delay-seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
+pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<std::time::Duration> {
+    let value = value.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(seconds) => std::time::Duration::from_secs(seconds),
+        Err(_) => {
+            let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+            let seconds = at.as_second().saturating_sub(now.as_second()).max(0);
+            std::time::Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+        }
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
 
 /// Everything the output Secret is rendered from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credentials {
     /// The token fedid signed.
     pub token: Minted,
+    /// What the token was exchanged for, when the identity has an exchange.
+    pub exchanged: Option<Exchanged>,
 }
 
-/// Why an exchange failed. No exchange kind exists yet, so no value of this type can exist.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ExchangeError {}
-
-impl fmt::Display for ExchangeError {
-    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {}
-    }
-}
-
-impl std::error::Error for ExchangeError {}
-
-impl Failure for ExchangeError {
-    fn reason(&self) -> Reason {
-        match *self {}
-    }
-
-    fn retry(&self) -> Retry {
-        match *self {}
+impl Credentials {
+    /// When the Secret's contents stop being usable: the earliest of the token's and the
+    /// credentials' expiry.
+    pub fn expires_at(&self) -> Timestamp {
+        match &self.exchanged {
+            Some(exchanged) => exchanged.expires_at.min(self.token.expires_at),
+            None => self.token.expires_at,
+        }
     }
 }
 
 /// The credentials of an identity without an exchange: its own token.
 pub fn without_exchange(token: Minted) -> Credentials {
-    Credentials { token }
+    Credentials {
+        token,
+        exchanged: None,
+    }
+}
+
+/// Why an exchange could not run, or failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    /// The spec sets no kind, or several (the CRD's CEL rule normally prevents it).
+    #[error("spec.exchange must set exactly one of oauth2, vault, aws")]
+    NotExactlyOneKind,
+    /// The endpoint URL cannot be used.
+    #[error("exchange endpoint {url:?} is invalid: {problem}")]
+    InvalidEndpoint {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// The issuer does not allow the endpoint.
+    #[error(
+        "exchange endpoint {url} is not allowed by IdentityIssuer {issuer}: it must start with \
+         one of the issuer's spec.exchange.allowedEndpoints"
+    )]
+    EndpointNotAllowed {
+        /// The endpoint URL.
+        url: String,
+        /// The issuer.
+        issuer: String,
+    },
+    /// A setting the CRD schema allows cannot be sent.
+    #[error("spec.exchange.{field} is invalid: {problem}")]
+    InvalidSetting {
+        /// The field, relative to `spec.exchange`.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The referenced client secret is not available to fedid.
+    #[error(
+        "client secret Secret {secret} in namespace {namespace} does not exist or lacks the \
+         label fedid.dev/client-credentials: \"true\"; fedid sends only Secrets so labelled"
+    )]
+    ClientSecretNotAllowed {
+        /// The identity's namespace.
+        namespace: String,
+        /// The Secret name.
+        secret: String,
+    },
+    /// The referenced key is missing or not UTF-8.
+    #[error("client secret Secret {secret} has no UTF-8 key {key}")]
+    ClientSecretKeyMissing {
+        /// The Secret name.
+        secret: String,
+        /// The key.
+        key: String,
+    },
+    /// `caBundle` holds no usable certificate.
+    #[error("spec.exchange.caBundle holds no valid PEM certificate")]
+    InvalidCaBundle,
+    /// The service refused the request.
+    #[error("{host} rejected the exchange (HTTP {status}{})", code_suffix(code.as_deref()))]
+    Rejected {
+        /// The endpoint's host.
+        host: String,
+        /// The HTTP status.
+        status: u16,
+        /// The service's error code.
+        code: Option<String>,
+    },
+    /// The service is unreachable, failing or throttling.
+    #[error("{host} is unavailable: {detail}{}", code_suffix(code.as_deref()))]
+    Unavailable {
+        /// The endpoint's host.
+        host: String,
+        /// What happened.
+        detail: String,
+        /// The service's error code.
+        code: Option<String>,
+        /// How long the service asked to wait.
+        retry_after: Option<std::time::Duration>,
+    },
+    /// The reply cannot be understood.
+    #[error("{host} answered HTTP {status} with an unusable reply: {what}")]
+    Malformed {
+        /// The endpoint's host.
+        host: String,
+        /// The HTTP status.
+        status: u16,
+        /// What is wrong with it.
+        what: &'static str,
+    },
+}
+
+fn code_suffix(code: Option<&str>) -> String {
+    code.map(|code| format!(", error {code}"))
+        .unwrap_or_default()
+}
+
+impl ExchangeError {
+    /// The upstream error code, when the service gave one.
+    pub fn upstream_code(&self) -> Option<&str> {
+        match self {
+            Self::Rejected { code, .. } | Self::Unavailable { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The endpoint host, when a request was sent.
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            Self::Rejected { host, .. }
+            | Self::Unavailable { host, .. }
+            | Self::Malformed { host, .. } => Some(host),
+            _ => None,
+        }
+    }
+}
+
+impl Failure for ExchangeError {
+    fn reason(&self) -> Reason {
+        match self {
+            Self::NotExactlyOneKind
+            | Self::InvalidEndpoint { .. }
+            | Self::InvalidSetting { .. } => Reason::InvalidExchange,
+            Self::EndpointNotAllowed { .. } => Reason::EndpointNotAllowed,
+            Self::ClientSecretNotAllowed { .. } => Reason::ClientSecretNotAllowed,
+            Self::ClientSecretKeyMissing { .. } => Reason::ClientSecretKeyMissing,
+            Self::InvalidCaBundle => Reason::InvalidCABundle,
+            Self::Rejected { .. } => Reason::ExchangeRejected,
+            Self::Unavailable { .. } => Reason::ExchangeUnavailable,
+            Self::Malformed { .. } => Reason::ExchangeMalformed,
+        }
+    }
+
+    fn retry(&self) -> Retry {
+        match self {
+            // The service's answer may change (a role fixed, a service back): back off,
+            // keeping still-valid credentials.
+            Self::Rejected { .. } | Self::Unavailable { .. } | Self::Malformed { .. } => {
+                Retry::Backoff
+            }
+            _ => Retry::WaitForChange,
+        }
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    pub(crate) fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(second).expect("valid timestamp")
+    }
+
+    pub(crate) fn token() -> Minted {
+        Minted {
+            jwt: "header.payload.signature".into(),
+            key_id: "kid-1".into(),
+            issued_at: at(1_800_000_000),
+            expires_at: at(1_800_003_600),
+        }
+    }
+
+    pub(crate) fn spec(value: serde_json::Value) -> ExchangeSpec {
+        serde_json::from_value(value).expect("exchange spec")
+    }
+
+    fn policy(prefixes: &[&str]) -> ExchangePolicy {
+        ExchangePolicy {
+            allowed_endpoints: prefixes.iter().map(|prefix| (*prefix).to_owned()).collect(),
+        }
+    }
+
+    pub(crate) fn validated(value: serde_json::Value) -> ValidatedExchange {
+        let hosts = [
+            "https://sts.example.com",
+            "https://dex.example.com",
+            "https://kc.example.com",
+            "https://b.example.com",
+            "https://bao.example.com:8200",
+            "https://vault.example.com",
+            "https://vault.example.com:8200",
+            "https://sts.amazonaws.com",
+            "https://sts.eu-west-1.amazonaws.com",
+        ];
+        validate(&spec(value), "ci", Some(&policy(&hosts))).expect("valid exchange")
+    }
+
+    #[test]
+    fn an_endpoint_outside_the_issuer_policy_is_refused() {
+        let oauth2 = spec(json!({"oauth2": {"tokenURL": "https://sts.example.com/token"}}));
+        for allowed in [
+            vec![],
+            vec!["https://sts.example.co"],
+            vec!["https://sts.example.com/tok"],
+            vec!["https://sts.example.com.evil.net/"],
+            vec!["https://other.example.com/"],
+        ] {
+            let error = validate(&oauth2, "ci", Some(&policy(&allowed))).expect_err("refused");
+            assert_eq!(error.reason(), Reason::EndpointNotAllowed, "{allowed:?}");
+            assert_eq!(error.retry(), Retry::WaitForChange);
+        }
+        assert_eq!(
+            validate(&oauth2, "ci", None)
+                .expect_err("no policy")
+                .reason(),
+            Reason::EndpointNotAllowed
+        );
+        for allowed in [
+            "https://sts.example.com",
+            "https://sts.example.com/",
+            "https://sts.example.com/token",
+        ] {
+            validate(&oauth2, "ci", Some(&policy(&[allowed]))).expect(allowed);
+        }
+    }
+
+    #[test]
+    fn exactly_one_kind() {
+        let error = validate(
+            &spec(json!({})),
+            "ci",
+            Some(&policy(&["https://a.example"])),
+        )
+        .expect_err("no kind");
+        assert_eq!(error.reason(), Reason::InvalidExchange);
+    }
+
+    #[test]
+    fn the_digest_follows_the_spec() {
+        let one =
+            validated(json!({"vault": {"address": "https://vault.example.com", "role": "a"}}));
+        let same =
+            validated(json!({"vault": {"address": "https://vault.example.com", "role": "a"}}));
+        let other =
+            validated(json!({"vault": {"address": "https://vault.example.com", "role": "b"}}));
+        assert_eq!(one.spec_digest, same.spec_digest);
+        assert_ne!(one.spec_digest, other.spec_digest);
+        assert_eq!(one.spec_digest.len(), 24);
+    }
+
+    #[test]
+    fn the_debug_form_of_a_request_hides_every_value() {
+        let exchange = validated(json!({"oauth2": {
+            "tokenURL": "https://sts.example.com/token",
+            "clientAuth": {"clientID": "fedid", "clientSecret": {"secretRef": {"name": "c"}}}
+        }}));
+        let request = build_request(
+            &exchange,
+            &token(),
+            Some("hunter2"),
+            Requester {
+                namespace: "ci",
+                name: "deploy",
+            },
+        );
+        let shown = format!("{request:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("header.payload.signature"), "{shown}");
+        assert!(shown.contains("subject_token"), "{shown}");
+    }
+
+    #[test]
+    fn bodies_are_encoded_for_the_wire() {
+        let form = RequestBody::Form(vec![
+            ("grant_type".into(), "urn:a b".into()),
+            ("x".into(), "1&2=3".into()),
+        ]);
+        assert_eq!(
+            form.encode(),
+            (
+                "application/x-www-form-urlencoded",
+                b"grant_type=urn%3Aa+b&x=1%262%3D3".to_vec()
+            )
+        );
+        let json = RequestBody::Json(json!({"role": "r"}));
+        assert_eq!(
+            json.encode(),
+            ("application/json", br#"{"role":"r"}"#.to_vec())
+        );
+    }
+
+    #[test]
+    fn transport_failures_are_unavailable_and_retried() {
+        let exchange =
+            validated(json!({"vault": {"address": "https://vault.example.com:8200", "role": "a"}}));
+        for transport in [Transport::Timeout, Transport::Connect, Transport::Other] {
+            let error = parse_reply(&exchange, &token(), &Reply::NoResponse(transport), at(0))
+                .expect_err("no credentials");
+            assert_eq!(error.reason(), Reason::ExchangeUnavailable);
+            assert_eq!(error.retry(), Retry::Backoff);
+            assert_eq!(error.host(), Some("vault.example.com:8200"));
+        }
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date_and_capped() {
+        let now = at(1_800_000_000);
+        assert_eq!(
+            parse_retry_after("30", now),
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(parse_retry_after("999999", now), Some(MAX_RETRY_AFTER));
+        // 1_800_000_000 is Fri, 15 Jan 2027 08:00:00 GMT.
+        assert_eq!(
+            parse_retry_after("Fri, 15 Jan 2027 08:01:00 GMT", now),
+            Some(std::time::Duration::from_secs(60))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn upstream_codes_are_kept_printable_and_short() {
+        assert_eq!(sanitize_code("invalid_grant"), "invalid_grant");
+        assert_eq!(sanitize_code("a\nb\u{1b}c"), "a?b?c");
+        assert_eq!(sanitize_code(&"x".repeat(500)).len(), MAX_CODE_LENGTH);
+    }
 }

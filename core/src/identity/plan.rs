@@ -8,9 +8,13 @@ use serde_json::{Map, Value};
 
 use crate::{
     credentials::{
-        secret::{Ownership, TOKEN_KEY, ownership},
-        token::{Minted, decode_unverified},
+        secret::{
+            CREDENTIALS_EXPIRE_AT_ANNOTATION, EXCHANGE_DIGEST_ANNOTATION, Ownership, TOKEN_KEY,
+            ownership,
+        },
+        token::decode_unverified,
     },
+    exchange::Credentials,
     identity::{
         schedule::{
             ExistingToken, ReissueDecision, ReissueInput, ReissueReason, renew_at, should_reissue,
@@ -36,26 +40,38 @@ pub struct Issued {
     pub expires_at: Timestamp,
     /// When to renew.
     pub renew_at: Timestamp,
+    /// When the exchanged credentials expire, for an identity with an exchange.
+    pub credentials_expire_at: Option<Timestamp>,
     /// Set when this pass wrote a new token, with why.
     pub written: Option<ReissueReason>,
 }
 
 impl Issued {
-    /// The token this pass minted and wrote for `identity`, with its deterministic renewal
-    /// time (`margin` is the least validity left at renewal).
+    /// The credentials this pass obtained and wrote for `identity`, with their deterministic
+    /// renewal time (`margin` is the least validity left at renewal).
     pub fn written(
         identity: &ValidatedIdentity,
-        token: &Minted,
+        credentials: &Credentials,
         reason: ReissueReason,
         margin: SignedDuration,
     ) -> Self {
+        let token = &credentials.token;
         Self {
             secret_name: identity.secret_name.clone(),
             issuer: identity.issuer.clone(),
             key_id: token.key_id.clone(),
             issued_at: token.issued_at,
             expires_at: token.expires_at,
-            renew_at: renewal_time(&identity.uid, token.issued_at, token.expires_at, margin),
+            renew_at: renewal_time(
+                &identity.uid,
+                token.issued_at,
+                credentials.expires_at(),
+                margin,
+            ),
+            credentials_expire_at: credentials
+                .exchanged
+                .as_ref()
+                .map(|exchanged| exchanged.expires_at),
             written: Some(reason),
         }
     }
@@ -126,6 +142,30 @@ pub struct StoredToken {
     pub expires_at: Timestamp,
     /// When it is due for renewal.
     pub renew_at: Timestamp,
+    /// The exchanged credentials stored beside it, if any.
+    pub credentials: Option<StoredCredentials>,
+}
+
+/// What fedid recorded about the exchanged credentials in a Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredCredentials {
+    /// Digest of the exchange spec they were obtained with.
+    pub spec_digest: String,
+    /// When they expire (`None` when the annotation is unreadable).
+    pub expires_at: Option<Timestamp>,
+}
+
+impl StoredCredentials {
+    /// Reads fedid's annotations on `secret`; `None` when it holds no exchanged credentials.
+    pub fn read(secret: &Secret) -> Option<Self> {
+        let annotations = secret.metadata.annotations.as_ref()?;
+        Some(Self {
+            spec_digest: annotations.get(EXCHANGE_DIGEST_ANNOTATION)?.clone(),
+            expires_at: annotations
+                .get(CREDENTIALS_EXPIRE_AT_ANNOTATION)
+                .and_then(|text| text.parse().ok()),
+        })
+    }
 }
 
 impl StoredToken {
@@ -137,13 +177,47 @@ impl StoredToken {
         let key_id = decoded.key_id()?.to_owned();
         let issued_at = decoded.issued_at()?;
         let expires_at = decoded.expires_at()?;
+        let credentials = StoredCredentials::read(secret);
+        let usable_until = credentials
+            .as_ref()
+            .and_then(|credentials| credentials.expires_at)
+            .map_or(expires_at, |credentials| credentials.min(expires_at));
         Some(Self {
-            renew_at: renewal_time(uid, issued_at, expires_at, margin),
+            renew_at: renewal_time(uid, issued_at, usable_until, margin),
+            credentials,
             claims: decoded.claims,
             key_id,
             issued_at,
             expires_at,
         })
+    }
+}
+
+/// Whether the exchanged credentials beside a token that can stay can stay too: they must
+/// exist exactly when the identity has an exchange, come from the same exchange spec, and not
+/// be due (the stored `renew_at` already accounts for their expiry).
+fn exchange_decision(
+    identity: &ValidatedIdentity,
+    stored: &StoredToken,
+    renew_at: Timestamp,
+    now: Timestamp,
+) -> ReissueDecision {
+    let reissue = |reason| ReissueDecision::Reissue { reason };
+    match (&identity.exchange, &stored.credentials) {
+        (None, None) => ReissueDecision::Keep { renew_at },
+        (None, Some(_)) => reissue(ReissueReason::SpecChanged),
+        (Some(_), None) => reissue(ReissueReason::NoToken),
+        (Some(exchange), Some(credentials)) => match credentials.expires_at {
+            _ if credentials.spec_digest != exchange.spec_digest => {
+                reissue(ReissueReason::SpecChanged)
+            }
+            None => reissue(ReissueReason::NoToken),
+            Some(expires_at) if expires_at <= now => reissue(ReissueReason::Expired),
+            Some(_) if stored.renew_at <= now => reissue(ReissueReason::DueForRenewal),
+            Some(_) => ReissueDecision::Keep {
+                renew_at: renew_at.min(stored.renew_at),
+            },
+        },
     }
 }
 
@@ -178,8 +252,18 @@ pub fn plan(
         published_key_ids,
         now,
     });
+    let decision = match (decision, &stored) {
+        (ReissueDecision::Keep { renew_at }, Some(stored)) => {
+            exchange_decision(identity, stored, renew_at, now)
+        }
+        (decision, _) => decision,
+    };
     Ok(match (decision, stored) {
         (ReissueDecision::Keep { renew_at }, Some(stored)) => Plan::Keep(Issued {
+            credentials_expire_at: stored
+                .credentials
+                .as_ref()
+                .and_then(|credentials| credentials.expires_at),
             secret_name: identity.secret_name.clone(),
             issuer: identity.issuer.clone(),
             key_id: stored.key_id,
@@ -315,6 +399,7 @@ mod tests {
         assert_eq!(
             kept,
             Plan::Keep(Issued {
+                credentials_expire_at: None,
                 secret_name: "deploy-token".into(),
                 issuer: "ci".into(),
                 key_id: world.signer.kid().to_owned(),
@@ -407,7 +492,12 @@ mod tests {
         let world = World::new();
         let validated = world.validated();
         let minted = mint(&validated, &world.signer, at(T0), "jti").expect("mints");
-        let written = Issued::written(&validated, &minted, ReissueReason::NoToken, MARGIN);
+        let written = Issued::written(
+            &validated,
+            &without_exchange(minted.clone()),
+            ReissueReason::NoToken,
+            MARGIN,
+        );
         let secret = render_secret(&validated, &without_exchange(minted));
         let Ok(Plan::Keep(kept)) = plan(
             &validated,
@@ -456,6 +546,145 @@ mod tests {
                 reason: ReissueReason::NoToken,
                 secret_exists: true
             })
+        );
+    }
+
+    /// The world's identity with a Vault exchange its issuer allows.
+    fn exchanging(world: &mut World, role: &str) -> ValidatedIdentity {
+        world.issuer.spec.exchange = Some(crate::crd::ExchangePolicy {
+            allowed_endpoints: vec!["https://bao.example.com/".into()],
+        });
+        world.identity.spec.exchange = Some(
+            serde_json::from_value(
+                json!({"vault": {"address": "https://bao.example.com", "role": role}}),
+            )
+            .expect("exchange"),
+        );
+        world.validated()
+    }
+
+    fn exchanged_secret(
+        world: &World,
+        validated: &ValidatedIdentity,
+        credentials_expire: i64,
+    ) -> Secret {
+        let minted = mint(validated, &world.signer, at(T0), "jti").expect("mints");
+        let exchange = validated.exchange.as_ref().expect("an exchange");
+        let credentials = Credentials {
+            token: minted,
+            exchanged: Some(crate::exchange::Exchanged {
+                files: Vec::new(),
+                expires_at: at(credentials_expire),
+                host: "bao.example.com".into(),
+                spec_digest: exchange.spec_digest.clone(),
+            }),
+        };
+        render_secret(validated, &credentials)
+    }
+
+    #[test]
+    fn exchanged_credentials_are_renewed_by_the_earlier_expiry_and_on_spec_change() {
+        let mut world = World::new();
+        let validated = exchanging(&mut world, "deploy");
+        // Credentials for 15 minutes beside a one-hour token: renewed by theirs.
+        let secret = exchanged_secret(&world, &validated, T0 + 900);
+        let Ok(Plan::Keep(kept)) = plan(
+            &validated,
+            Some(&secret),
+            &world.published(),
+            at(T0 + 60),
+            MARGIN,
+        ) else {
+            panic!("kept");
+        };
+        assert_eq!(kept.credentials_expire_at, Some(at(T0 + 900)));
+        assert_eq!(
+            kept.renew_at,
+            renewal_time("uid-deploy", at(T0), at(T0 + 900), MARGIN)
+        );
+        assert!(
+            kept.renew_at <= at(T0 + 900 - 300),
+            "never later than the margin"
+        );
+        let due = plan(
+            &validated,
+            Some(&secret),
+            &world.published(),
+            kept.renew_at,
+            MARGIN,
+        );
+        assert_eq!(
+            due,
+            Ok(Plan::Issue {
+                reason: ReissueReason::DueForRenewal,
+                secret_exists: true
+            })
+        );
+        // Another role: the stored credentials answer another request.
+        let changed = exchanging(&mut world, "other");
+        assert_eq!(
+            plan(
+                &changed,
+                Some(&secret),
+                &world.published(),
+                at(T0 + 60),
+                MARGIN
+            ),
+            Ok(Plan::Issue {
+                reason: ReissueReason::SpecChanged,
+                secret_exists: true
+            })
+        );
+        // A token-only Secret for an identity that now exchanges: nothing exchanged yet.
+        let plain = world.secret(T0);
+        assert_eq!(
+            plan(
+                &changed,
+                Some(&plain),
+                &world.published(),
+                at(T0 + 60),
+                MARGIN
+            ),
+            Ok(Plan::Issue {
+                reason: ReissueReason::NoToken,
+                secret_exists: true
+            })
+        );
+        // Exchange removed: the credentials must go.
+        world.identity.spec.exchange = None;
+        assert_eq!(
+            plan(
+                &world.validated(),
+                Some(&secret),
+                &world.published(),
+                at(T0 + 60),
+                MARGIN
+            ),
+            Ok(Plan::Issue {
+                reason: ReissueReason::SpecChanged,
+                secret_exists: true
+            })
+        );
+    }
+
+    #[test]
+    fn the_rendered_secret_holds_the_files_and_the_earliest_expiry() {
+        let mut world = World::new();
+        let validated = exchanging(&mut world, "deploy");
+        let secret = exchanged_secret(&world, &validated, T0 + 900);
+        let annotations = secret.metadata.annotations.clone().expect("annotations");
+        assert_eq!(
+            annotations[CREDENTIALS_EXPIRE_AT_ANNOTATION],
+            "2027-01-15T08:15:00Z"
+        );
+        assert_eq!(
+            annotations[EXCHANGE_DIGEST_ANNOTATION],
+            validated.exchange.as_ref().expect("exchange").spec_digest
+        );
+        let data = secret.data.expect("data");
+        assert_eq!(
+            data[crate::credentials::secret::EXPIRES_AT_KEY].0,
+            b"2027-01-15T08:15:00Z"
         );
     }
 }

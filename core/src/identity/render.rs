@@ -10,7 +10,8 @@ use k8s_openapi::{
 use crate::{
     crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE},
     credentials::secret::{
-        EXPIRES_AT_KEY, IDENTITY_LABEL, KEY_ID_ANNOTATION, TOKEN_KEY, identity_label_value,
+        CREDENTIALS_EXPIRE_AT_ANNOTATION, EXCHANGE_DIGEST_ANNOTATION, EXPIRES_AT_KEY,
+        IDENTITY_LABEL, KEY_ID_ANNOTATION, TOKEN_KEY, identity_label_value,
     },
     exchange::Credentials,
     identity::validate::ValidatedIdentity,
@@ -18,9 +19,9 @@ use crate::{
 };
 
 /// The render phase: the Secret of `identity` holding `credentials`: type `Opaque`, data keys
-/// [`TOKEN_KEY`] and [`EXPIRES_AT_KEY`], fedid's labels, the signing key's ID as an
-/// annotation, and a controller owner reference to the identity so the Secret is
-/// garbage-collected with it.
+/// [`TOKEN_KEY`] and [`EXPIRES_AT_KEY`] plus the exchange's files, fedid's labels, the signing
+/// key's ID (and for an exchange, the spec digest and the credentials' expiry) as annotations,
+/// and a controller owner reference to the identity so the Secret is garbage-collected with it.
 pub fn render_secret(identity: &ValidatedIdentity, credentials: &Credentials) -> Secret {
     let token = &credentials.token;
     let labels = BTreeMap::from([
@@ -30,17 +31,37 @@ pub fn render_secret(identity: &ValidatedIdentity, credentials: &Credentials) ->
             identity_label_value(&identity.name),
         ),
     ]);
-    let annotations = BTreeMap::from([(KEY_ID_ANNOTATION.to_owned(), token.key_id.clone())]);
-    let data = BTreeMap::from([
+    let mut annotations = BTreeMap::from([(KEY_ID_ANNOTATION.to_owned(), token.key_id.clone())]);
+    let mut data = BTreeMap::from([
         (
             TOKEN_KEY.to_owned(),
             ByteString(token.jwt.as_bytes().to_vec()),
         ),
         (
             EXPIRES_AT_KEY.to_owned(),
-            ByteString(whole_seconds(token.expires_at).to_string().into_bytes()),
+            ByteString(
+                whole_seconds(credentials.expires_at())
+                    .to_string()
+                    .into_bytes(),
+            ),
         ),
     ]);
+    if let Some(exchanged) = &credentials.exchanged {
+        annotations.insert(
+            EXCHANGE_DIGEST_ANNOTATION.to_owned(),
+            exchanged.spec_digest.clone(),
+        );
+        annotations.insert(
+            CREDENTIALS_EXPIRE_AT_ANNOTATION.to_owned(),
+            whole_seconds(exchanged.expires_at).to_string(),
+        );
+        data.extend(
+            exchanged
+                .files
+                .iter()
+                .map(|file| (file.key.to_owned(), ByteString(file.value.clone()))),
+        );
+    }
     Secret {
         metadata: ObjectMeta {
             name: Some(identity.secret_name.clone()),
@@ -99,6 +120,7 @@ mod tests {
             issuer: "ci".into(),
             secret_name: "deploy-token".into(),
             claims,
+            exchange: None,
         }
     }
 
@@ -110,6 +132,7 @@ mod tests {
                 issued_at: Timestamp::from_second(1_800_000_000).expect("valid timestamp"),
                 expires_at: Timestamp::from_second(1_800_003_600).expect("valid timestamp"),
             },
+            exchanged: None,
         }
     }
 

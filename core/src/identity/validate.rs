@@ -12,6 +12,7 @@ use crate::{
         Duration, FederatedIdentity, FederatedIdentitySpec, IdentityIssuer,
         identity::{default_secret_name, is_dns_subdomain},
     },
+    exchange::{ExchangeError, ValidatedExchange},
     issuer::config::IssuerConfig,
     label_selector::SelectorError,
     reason::{Failure, Reason, Retry},
@@ -149,6 +150,9 @@ pub enum ValidateError {
     /// The spec cannot be served by the issuer.
     #[error(transparent)]
     Spec(#[from] IdentitySpecError),
+    /// `spec.exchange` is invalid or not allowed by the issuer.
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
 }
 
 impl Failure for ValidateError {
@@ -158,6 +162,7 @@ impl Failure for ValidateError {
             Self::NamespaceNotAllowed { .. } => Reason::NamespaceNotAllowed,
             Self::InvalidNamespaceSelector { .. } => Reason::IssuerNotReady,
             Self::Spec(error) => error.reason(),
+            Self::Exchange(error) => error.reason(),
         }
     }
 
@@ -187,6 +192,8 @@ pub struct ValidatedIdentity {
     pub secret_name: String,
     /// The claims every token carries, and the lifetime.
     pub claims: ClaimTemplate,
+    /// The exchange, when the identity has one, allowed by the issuer.
+    pub exchange: Option<ValidatedExchange>,
 }
 
 /// The validate phase: checks `identity` against its issuer (`resource`, whose spec validated
@@ -231,6 +238,14 @@ pub fn validate(
         }
     }
     let spec = validate_identity_spec(&identity.spec, &namespace, &name, config, min_lifetime)?;
+    let exchange = identity
+        .spec
+        .exchange
+        .as_ref()
+        .map(|exchange| {
+            crate::exchange::validate(exchange, &issuer_name, issuer.spec.exchange.as_ref())
+        })
+        .transpose()?;
     Ok(ValidatedIdentity {
         namespace,
         name,
@@ -239,6 +254,7 @@ pub fn validate(
         issuer: issuer_name,
         secret_name: spec.secret_name,
         claims: spec.claims,
+        exchange,
     })
 }
 

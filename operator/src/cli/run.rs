@@ -71,6 +71,16 @@ pub struct RunArgs {
     #[arg(long, env = "FEDID_RENEW_BEFORE_EXPIRY", default_value = "5m", value_parser = parse_duration)]
     pub renew_before_expiry: Duration,
 
+    /// Exchange requests per second that each token-service host may receive from fedid, shared
+    /// by all identities; first issues go before refreshes when it is spent.
+    #[arg(long, env = "FEDID_EXCHANGE_QPS", default_value_t = 20.0, value_parser = parse_rate)]
+    pub exchange_qps: f64,
+
+    /// Exchange requests each token-service host may receive at once before `--exchange-qps`
+    /// applies.
+    #[arg(long, env = "FEDID_EXCHANGE_BURST", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
+    pub exchange_burst: u32,
+
     /// Elect one leader among the replicas through a Lease; only the leader reconciles, every
     /// replica serves discovery and JWKS.
     #[arg(long, env = "FEDID_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -88,6 +98,15 @@ pub struct RunArgs {
     /// dies without releasing it.
     #[arg(long, env = "FEDID_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub leader_election_lease_duration: Duration,
+}
+
+fn parse_rate(input: &str) -> Result<f64, String> {
+    match input.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{input:?} is not a positive number of requests per second"
+        )),
+    }
 }
 
 fn parse_duration(input: &str) -> Result<Duration, String> {
@@ -118,6 +137,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             min_token_lifetime: args.min_token_lifetime,
             renew_before_expiry: args.renew_before_expiry,
             concurrency: args.concurrency,
+            exchange_qps: args.exchange_qps,
+            exchange_burst: args.exchange_burst,
         },
         Some(identity.clone()),
     ));

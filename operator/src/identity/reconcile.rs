@@ -2,7 +2,8 @@
 //!
 //! fetch (caches only: the issuer from the registry, the namespace's labels from the namespace
 //! metadata cache when the issuer's policy needs them) → validate → plan (given the Secret from fedid's cache) (keep, or issue and why) → mint (signing, on the blocking pool) →
-//! exchange (none yet) → render (the Secret) → apply (create, or server-side apply when the
+//! exchange (when the identity has one: the request built by the core, sent within the per-host
+//! budget, the reply judged by the core) → render (the Secret) → apply (create, or server-side apply when the
 //! Secret is ours) → report (status when it changed, an Event on a transition, metrics,
 //! requeue). Every decision is made by `fedid_core`; this file only moves data to and from
 //! the apiserver. When the plan is to keep the token, nothing is minted, rendered or written.
@@ -10,15 +11,23 @@
 use std::{sync::Arc, time::Duration};
 
 use fedid_core::{
+    crd::exchange::SecretKeyRef,
     crd::issuer::DefaultIssuerError,
     crd::{FederatedIdentity, FederatedIdentityStatus},
     credentials::token::Minted,
-    exchange::{Credentials, ExchangeError, without_exchange},
+    exchange::{
+        CLIENT_CREDENTIALS_LABEL, Credentials, ExchangeError, Requester, build_request,
+        parse_reply, without_exchange,
+    },
     identity::{
         mint::{MintError, mint},
         plan::{Issued, Plan, PlanError, plan},
         render::render_secret,
-        status::{Outcome, next_status, requeue, transition_event},
+        schedule::ReissueReason,
+        status::{
+            ExchangeAttempt, Outcome, exchange_backoff_pending, next_exchange_attempt,
+            report as decide_report, transition_event,
+        },
         validate::{ValidateError, ValidatedIdentity, validate},
     },
     reason::{Failure, Reason, Retry, message_chain},
@@ -36,12 +45,13 @@ use kube::{
 };
 use tracing::{debug, info, warn};
 
-use super::secrets::OwnSecrets;
+use super::secrets::{ExchangeBackoffs, OwnSecrets};
 use crate::{
+    exchange::{Exchanger, Priority},
     issuer::registry::{IssuerRegistry, LoadedIssuer, Unusable},
     runtime::{
         context::{Context, FIELD_MANAGER, apply_status, is_listed},
-        metrics::IssuerLabels,
+        metrics::{ExchangeLabels, IssuerLabels},
     },
 };
 
@@ -55,6 +65,13 @@ pub struct IdentityContext {
     pub secrets: OwnSecrets,
     /// Namespaces' metadata (labels decide selector policies).
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Secrets labelled `fedid.dev/client-credentials: "true"`: the only client secrets fedid
+    /// sends.
+    pub client_credentials: Store<Secret>,
+    /// Sends exchange requests within the per-host budget.
+    pub exchanger: Arc<Exchanger>,
+    /// Failed exchanges' next-attempt times this replica reported.
+    pub backoffs: ExchangeBackoffs,
 }
 
 /// Why the fetch phase could not gather what the pass needs.
@@ -176,6 +193,10 @@ impl Failure for IdentityError {
     fn retry(&self) -> Retry {
         self.phase().retry()
     }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.phase().retry_after()
+    }
 }
 
 /// Why the report phase failed: the status could not be written. The controller retries.
@@ -215,7 +236,11 @@ pub async fn reconcile(
     ctx: Arc<IdentityContext>,
 ) -> Result<Action, ReportError> {
     let shared = &ctx.shared;
-    if !(ctx.registry.is_synced() && ctx.secrets.is_listed() && is_listed(&ctx.namespaces)) {
+    if !(ctx.registry.is_synced()
+        && ctx.secrets.is_listed()
+        && is_listed(&ctx.namespaces)
+        && is_listed(&ctx.client_credentials))
+    {
         // Until every issuer and every fedid Secret is loaded, "not found" and "absent" would
         // be lies: check again shortly, write nothing. (Never wait here: a reconciler holding
         // its slot would keep the controller from polling the very watch that fills the cache.)
@@ -223,20 +248,32 @@ pub async fn reconcile(
     }
     // Tokens and status carry whole seconds; so does every decision.
     let now = whole_seconds(shared.now());
+    let uid = identity.uid().unwrap_or_default();
+    let recorded = [
+        identity.status.as_ref().and_then(next_exchange_attempt),
+        ctx.backoffs.get(&uid),
+    ];
+    if let Some(wait) = exchange_backoff_pending(&recorded, identity.meta().generation, now) {
+        // A failed exchange's backoff (or Retry-After) outlasts any trigger: no request yet.
+        return Ok(Action::requeue(wait));
+    }
     shared.metrics.count_reconcile("identity");
-    let result = run_pipeline(&identity, &ctx, now).await;
+    let mut attempt = None;
+    let result = run_pipeline(&identity, &ctx, now, &mut attempt).await;
     let outcome: Outcome<'_> = match &result {
         Ok(issued) => Ok(issued),
         Err(error) => Err(error),
     };
-    report(&identity, shared, outcome, now).await
+    report(&identity, &ctx, outcome, attempt.as_ref(), now).await
 }
 
-/// The phases up to apply; the result is what report publishes.
+/// The phases up to apply; the result is what report publishes, with the exchange request
+/// this pass sent (if any) in `attempt`.
 async fn run_pipeline(
     identity: &FederatedIdentity,
     ctx: &IdentityContext,
     now: Timestamp,
+    attempt: &mut Option<ExchangeAttempt>,
 ) -> Result<Issued, IdentityError> {
     let settings = &ctx.shared.settings;
     let fetched = fetch(identity, ctx)?;
@@ -266,16 +303,16 @@ async fn run_pipeline(
             } => (reason, secret_exists),
         };
     let minted = mint_on_blocking_pool(&ctx.shared, &fetched.issuer, &validated, now).await?;
-    let credentials = exchange(&validated, minted).await?;
+    let priority = if secret_exists && reason != ReissueReason::NoToken {
+        Priority::Refresh
+    } else {
+        Priority::FirstIssue
+    };
+    let credentials = exchange(ctx, &validated, minted, priority, attempt).await?;
     let secret = render_secret(&validated, &credentials);
     let written = apply(&ctx.shared, secret, secret_exists).await?;
     ctx.secrets.recent_writes.remember(written);
-    Ok(Issued::written(
-        &validated,
-        &credentials.token,
-        reason,
-        margin,
-    ))
+    Ok(Issued::written(&validated, &credentials, reason, margin))
 }
 
 /// Fetch, from caches only: the issuer from the registry, and the namespace's labels (from the
@@ -339,12 +376,98 @@ async fn mint_on_blocking_pool(
     minted
 }
 
-/// Exchange: no identity has an exchange yet, so the credentials are the token itself.
+/// Exchange: without `spec.exchange` the credentials are the token itself. Otherwise the
+/// client secret (from the labelled-Secret cache only), the request the core builds, one POST
+/// within the host's budget, and the core's verdict on the reply, which `attempt` records.
 async fn exchange(
-    _identity: &ValidatedIdentity,
+    ctx: &IdentityContext,
+    identity: &ValidatedIdentity,
     token: Minted,
+    priority: Priority,
+    attempt: &mut Option<ExchangeAttempt>,
 ) -> Result<Credentials, ExchangeError> {
-    Ok(without_exchange(token))
+    let Some(exchange) = &identity.exchange else {
+        return Ok(without_exchange(token));
+    };
+    let client_secret = exchange
+        .client_secret
+        .as_ref()
+        .map(|reference| client_secret(&ctx.client_credentials, &identity.namespace, reference))
+        .transpose()?;
+    let request = build_request(
+        exchange,
+        &token,
+        client_secret.as_deref(),
+        Requester {
+            namespace: &identity.namespace,
+            name: &identity.name,
+        },
+    );
+    let reply = ctx
+        .exchanger
+        .send(
+            &request,
+            exchange.timeout,
+            exchange.spec.ca_bundle.as_deref(),
+            priority,
+        )
+        .await?;
+    // Lifetimes in the reply count from its arrival.
+    let received = whole_seconds(ctx.shared.now());
+    let result = parse_reply(exchange, &token, &reply, received);
+    *attempt = match &result {
+        Ok(exchanged) => Some(ExchangeAttempt::succeeded(exchanged)),
+        Err(error) => ExchangeAttempt::failed(error),
+    };
+    let outcome = attempt
+        .as_ref()
+        .map_or(Reason::ExchangeUnavailable, |attempt| attempt.outcome);
+    ctx.shared
+        .metrics
+        .exchange_requests
+        .get_or_create(&ExchangeLabels {
+            kind: exchange.kind.as_str().to_owned(),
+            host: request.host.clone(),
+            outcome: outcome.as_str().to_owned(),
+        })
+        .inc();
+    Ok(Credentials {
+        token,
+        exchanged: Some(result?),
+    })
+}
+
+/// The client secret `reference` names, from the cache of Secrets labelled
+/// `fedid.dev/client-credentials: "true"` in `namespace`; trailing line breaks are dropped.
+fn client_secret(
+    labelled: &Store<Secret>,
+    namespace: &str,
+    reference: &SecretKeyRef,
+) -> Result<String, ExchangeError> {
+    let not_allowed = || ExchangeError::ClientSecretNotAllowed {
+        namespace: namespace.to_owned(),
+        secret: reference.name.clone(),
+    };
+    let secret = labelled
+        .get(&ObjectRef::new(&reference.name).within(namespace))
+        .ok_or_else(not_allowed)?;
+    let labelled_for_fedid = secret
+        .labels()
+        .get(CLIENT_CREDENTIALS_LABEL)
+        .is_some_and(|value| value == "true");
+    if !labelled_for_fedid {
+        return Err(not_allowed());
+    }
+    secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(&reference.key))
+        .and_then(|value| std::str::from_utf8(&value.0).ok())
+        .map(|value| value.trim_end_matches(['\r', '\n']).to_owned())
+        .ok_or_else(|| ExchangeError::ClientSecretKeyMissing {
+            secret: reference.name.clone(),
+            key: reference.key.clone(),
+        })
 }
 
 /// Apply: creates the Secret, or server-side-applies it when it is already ours. A create that
@@ -382,12 +505,27 @@ async fn apply(ctx: &Context, secret: Secret, exists: bool) -> Result<Secret, Ap
 /// logs, and when to come back.
 async fn report(
     identity: &FederatedIdentity,
-    ctx: &Context,
+    identity_ctx: &IdentityContext,
     outcome: Outcome<'_>,
+    attempt: Option<&ExchangeAttempt>,
     now: Timestamp,
 ) -> Result<Action, ReportError> {
+    let ctx = identity_ctx.shared.as_ref();
     let previous = identity.status.clone().unwrap_or_default();
-    let status = next_status(identity.meta().generation, &previous, outcome, now);
+    let uid = identity.uid().unwrap_or_default();
+    let (status, delay) = decide_report(
+        &uid,
+        identity.meta().generation,
+        &previous,
+        outcome,
+        attempt,
+        now,
+    );
+    if attempt.is_some() {
+        identity_ctx
+            .backoffs
+            .set(&uid, next_exchange_attempt(&status), now);
+    }
     if status != previous {
         write_status(identity, ctx, &status).await?;
     }
@@ -416,8 +554,7 @@ async fn report(
             warn!(reason = %failure.reason(), error = %message_chain(failure), "no fresh token");
         }
     }
-    let uid = identity.uid().unwrap_or_default();
-    Ok(Action::requeue(requeue(&uid, &status, outcome, now)))
+    Ok(Action::requeue(delay))
 }
 
 /// Server-side-applies the status fields fedid owns.
@@ -547,11 +684,18 @@ mod tests {
         namespace_writer.apply_watcher_event(&watcher::Event::Init);
         namespace_writer.apply_watcher_event(&watcher::Event::InitApply(team));
         namespace_writer.apply_watcher_event(&watcher::Event::InitDone);
+        let (client_credentials, mut credentials_writer) = reflector::store::<Secret>();
+        credentials_writer.apply_watcher_event(&watcher::Event::Init);
+        credentials_writer.apply_watcher_event(&watcher::Event::InitDone);
+        let exchanger = Arc::new(Exchanger::new(100.0, 100, shared.metrics.clone()));
         let ctx = IdentityContext {
             shared,
             registry,
             secrets: OwnSecrets::new(secrets),
             namespaces,
+            client_credentials,
+            exchanger,
+            backoffs: ExchangeBackoffs::default(),
         };
         (Arc::new(ctx), handle)
     }
@@ -565,6 +709,18 @@ mod tests {
         let (_event, send) = next(handle).await;
         send.send_response(respond(StatusCode::OK, &json!({})));
         status
+    }
+
+    #[test]
+    fn a_services_retry_after_survives_the_phase_wrapper() {
+        let error = IdentityError::from(ExchangeError::Unavailable {
+            host: "sts.example.com".into(),
+            detail: "HTTP 429".into(),
+            code: None,
+            retry_after: Some(Duration::from_secs(30)),
+        });
+        assert_eq!(error.reason(), Reason::ExchangeUnavailable);
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(30)));
     }
 
     #[tokio::test]

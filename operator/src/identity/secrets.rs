@@ -121,3 +121,50 @@ mod tests {
         assert!(writes.freshest(&key, None).is_none());
     }
 }
+
+/// The next-attempt times of failed exchanges this replica reported, by identity UID: the
+/// identity cache may not hold that status yet when the next trigger arrives.
+#[derive(Default)]
+pub struct ExchangeBackoffs {
+    next: std::sync::Mutex<
+        std::collections::HashMap<String, fedid_core::identity::status::NextAttempt>,
+    >,
+}
+
+impl ExchangeBackoffs {
+    /// The remembered next attempt of identity `uid`.
+    pub fn get(&self, uid: &str) -> Option<fedid_core::identity::status::NextAttempt> {
+        self.lock().get(uid).copied()
+    }
+
+    /// Remembers `next` for identity `uid` (or forgets it, after a success); drops entries
+    /// whose time has passed, so the map holds only identities in backoff.
+    pub fn set(
+        &self,
+        uid: &str,
+        next: Option<fedid_core::identity::status::NextAttempt>,
+        now: jiff::Timestamp,
+    ) {
+        let mut map = self.lock();
+        map.retain(|_, remembered| remembered.at > now);
+        match next {
+            Some(next) => {
+                map.insert(uid.to_owned(), next);
+            }
+            None => {
+                map.remove(uid);
+            }
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, fedid_core::identity::status::NextAttempt>,
+    > {
+        self.next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

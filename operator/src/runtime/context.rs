@@ -35,6 +35,10 @@ pub struct Settings {
     pub renew_before_expiry: Duration,
     /// Identities reconciled at once.
     pub concurrency: u16,
+    /// Exchange requests per second allowed to each endpoint host.
+    pub exchange_qps: f64,
+    /// Exchange requests each endpoint host may receive at once before the rate applies.
+    pub exchange_burst: u32,
 }
 
 /// The source of the current time; tests inject a fixed one.

@@ -61,6 +61,35 @@ pub struct ControllerLabels {
     pub controller: String,
 }
 
+/// Labels of an exchange request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExchangeLabels {
+    /// `oauth2`, `vault` or `aws`.
+    pub kind: String,
+    /// The endpoint's host and port.
+    pub host: String,
+    /// `Exchanged`, or the failure's reason (`ExchangeRejected`, ...).
+    pub outcome: String,
+}
+
+/// Labels naming an exchange kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `oauth2`, `vault` or `aws`.
+    pub kind: String,
+}
+
+/// Labels naming an endpoint host.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabels {
+    /// The endpoint's host and port.
+    pub host: String,
+}
+
+fn exchange_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
 /// One snapshot of an identity, as the scrape-time gauges need it.
 #[derive(Clone, Debug)]
 pub struct IdentityObservation {
@@ -70,6 +99,8 @@ pub struct IdentityObservation {
     pub ready: Option<ConditionLabels>,
     /// When the current token expires, as Unix seconds.
     pub expires_at: Option<i64>,
+    /// When the exchanged credentials expire, as Unix seconds.
+    pub credentials_expire_at: Option<i64>,
 }
 
 /// Every metric fedid exports.
@@ -88,6 +119,13 @@ pub struct Metrics {
     published_keys: Family<IssuerLabels, Gauge>,
     /// Signing keys created, by issuer (bootstrap, scheduled and forced rotations).
     pub keys_created: Family<IssuerLabels, Counter>,
+    /// Exchange requests sent, by kind, endpoint host and outcome.
+    pub exchange_requests: Family<ExchangeLabels, Counter>,
+    /// Time one exchange request took, by kind.
+    pub exchange_duration: Family<KindLabels, Histogram, fn() -> Histogram>,
+    /// Exchange requests that waited for the per-host request budget.
+    pub exchange_budget_waits: Family<HostLabels, Counter>,
+    credentials_expiry: Family<IdentityLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -141,7 +179,38 @@ impl Default for Metrics {
             "Signing keys created per issuer",
             keys_created.clone(),
         );
+        let exchange_requests = Family::<ExchangeLabels, Counter>::default();
+        registry.register(
+            "exchange_requests",
+            "Exchange requests sent to token services, by kind, endpoint host and outcome",
+            exchange_requests.clone(),
+        );
+        let exchange_duration =
+            Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                exchange_histogram,
+            );
+        registry.register(
+            "exchange_duration_seconds",
+            "Time one exchange request took, by kind",
+            exchange_duration.clone(),
+        );
+        let exchange_budget_waits = Family::<HostLabels, Counter>::default();
+        registry.register(
+            "exchange_budget_waits",
+            "Exchange requests that waited for the per-host request budget (--exchange-qps)",
+            exchange_budget_waits.clone(),
+        );
+        let credentials_expiry = Family::<IdentityLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "credentials_expiration_timestamp_seconds",
+            "When the exchanged credentials in each identity's Secret expire (Unix time)",
+            credentials_expiry.clone(),
+        );
         Self {
+            exchange_requests,
+            exchange_duration,
+            exchange_budget_waits,
+            credentials_expiry,
             registry,
             identities,
             token_expiry,
@@ -184,6 +253,7 @@ impl Metrics {
     ) -> String {
         self.identities.clear();
         self.token_expiry.clear();
+        self.credentials_expiry.clear();
         self.published_keys.clear();
         for (issuer, keys) in published_keys {
             self.published_keys
@@ -200,6 +270,12 @@ impl Metrics {
                 // Unix seconds fit exactly in an f64 for the next few million years.
                 #[allow(clippy::cast_precision_loss)]
                 self.token_expiry
+                    .get_or_create(&observation.labels)
+                    .set(expires_at as f64);
+            }
+            if let Some(expires_at) = observation.credentials_expire_at {
+                #[allow(clippy::cast_precision_loss)]
+                self.credentials_expiry
                     .get_or_create(&observation.labels)
                     .set(expires_at as f64);
             }
@@ -231,6 +307,7 @@ mod tests {
                 reason: reason.into(),
             }),
             expires_at,
+            credentials_expire_at: expires_at.map(|at| at - 60),
         }
     }
 
@@ -256,6 +333,9 @@ mod tests {
         assert!(text.contains(r#"fedid_identities{status="False",reason="SecretConflict"} 1"#));
         assert!(text.contains(
             r#"fedid_token_expiration_timestamp_seconds{namespace="ci",name="a"} 1800000000.0"#
+        ));
+        assert!(text.contains(
+            r#"fedid_credentials_expiration_timestamp_seconds{namespace="ci",name="a"} 1799999940.0"#
         ));
 
         let text = metrics.render(

@@ -1,0 +1,104 @@
+//! Small readers and writers shared by the exchange kinds: JSON fields, XML element text, and
+//! form encoding.
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Map, Value};
+
+use super::Upstream;
+use crate::{credentials::token::decode_unverified, time::plus};
+
+/// The body as a JSON object.
+pub(crate) fn json_object(body: &[u8]) -> Option<Map<String, Value>> {
+    match serde_json::from_slice(body).ok()? {
+        Value::Object(object) => Some(object),
+        _ => None,
+    }
+}
+
+/// A non-empty string field of `object`.
+pub(crate) fn string_field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+    object
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|value| !value.is_empty())
+}
+
+/// `now + seconds`, for replies that give a lifetime rather than an instant.
+pub(crate) fn after(now: Timestamp, seconds: u64) -> Timestamp {
+    plus(
+        now,
+        SignedDuration::from_secs(i64::try_from(seconds).unwrap_or(i64::MAX / 2)),
+    )
+}
+
+/// The `exp` of `token` when it is a JWT, else `fallback`.
+pub(crate) fn jwt_expiry_or(token: &str, fallback: Timestamp) -> Timestamp {
+    decode_unverified(token)
+        .ok()
+        .and_then(|decoded| decoded.expires_at())
+        .unwrap_or(fallback)
+}
+
+/// The text of the first `<tag>…</tag>` element (namespace-free tag names, as STS replies
+/// use), with the five predefined entities unescaped. `None` when absent or empty.
+pub(crate) fn xml_text(body: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = body.find(&open)? + open.len();
+    let end = start + body[start..].find(&close)?;
+    let text = body[start..end]
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&");
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+pub(crate) fn form_encode(value: &str) -> String {
+    let mut encoded = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                encoded.push(char::from(byte));
+            }
+            b' ' => encoded.push('+'),
+            _ => encoded.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    encoded
+}
+
+/// Replies that are neither success nor error: redirects (never followed) and other statuses
+/// outside 200..=599.
+pub(crate) fn unexpected_status(status: u16) -> Option<Upstream> {
+    match status {
+        300..=399 => Some(Upstream::Malformed(
+            "a redirect, which fedid does not follow",
+        )),
+        100..=199 | 600.. | 0..=99 => Some(Upstream::Malformed("an unexpected HTTP status")),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_text_reads_the_first_element_and_unescapes() {
+        let body = "<R><Code>A&amp;B</Code><Code>second</Code><Empty></Empty></R>";
+        assert_eq!(xml_text(body, "Code").as_deref(), Some("A&B"));
+        assert_eq!(xml_text(body, "Empty"), None);
+        assert_eq!(xml_text(body, "Missing"), None);
+        assert_eq!(xml_text("<Code>unterminated", "Code"), None);
+    }
+
+    #[test]
+    fn form_encoding_follows_the_html_rules() {
+        assert_eq!(form_encode("a b+c/d:é"), "a+b%2Bc%2Fd%3A%C3%A9");
+        assert_eq!(form_encode("safe-._*"), "safe-._*");
+    }
+}

@@ -1,0 +1,378 @@
+"""Token exchange, end to end: `fedid run` (as the chart's ServiceAccount) trades identities' tokens
+at an HTTPS token service on loopback and keeps the credentials fresh in their Secrets.
+
+This file covers what every kind shares, against a scripted service that records each request
+(`peers/recorder.py`): the wire of an RFC 8693 exchange, the issuer's endpoint policy, the
+client-credentials label, refresh at the credentials' real expiry, failure classes with backoff and
+kept credentials, and the per-host request budget. The real peers (OpenBao, Dex, MinIO) are in
+`test_exchange_peers.py`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import REPO_ROOT, Cluster, wait_for
+from fedid_harness import (
+    OPERATOR_NAMESPACE,
+    Operator,
+    condition,
+    events_for,
+    fedid_binary,
+    get_json,
+    install_chart_service_account,
+    secret_data,
+    verify_token,
+    wait_for_reason,
+    write_serving_certificate,
+)
+from peers.recorder import Recorded, Recorder, Reply
+
+RUN = uuid.uuid4().hex[:6]
+TEAM = f"exchange-{RUN}"
+ISSUER = f"exchange-{RUN}"
+QPS, BURST = 4, 2
+
+
+class Script:
+    """The token service's behaviour, switchable per test."""
+
+    def __init__(self) -> None:
+        self.handler = lambda _: Reply(200, {"access_token": "at-0", "token_type": "Bearer", "expires_in": 600})
+
+    def __call__(self, seen: Recorded) -> Reply:
+        return self.handler(seen)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Recorder, Script, str]]:
+    directory = tmp_path_factory.mktemp("token-service")
+    ca, cert, key = write_serving_certificate(directory)
+    script = Script()
+    with Recorder(cert, key, handler=script) as recorder:
+        yield recorder, script, ca.read_text()
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster, service: tuple[Recorder, Script, str]) -> Iterator[Operator]:
+    recorder, _, _ = service
+    cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/federatedidentities.fedid.dev", "--timeout=60s")
+    for namespace in (OPERATOR_NAMESPACE, TEAM):
+        cluster.kubectl("create", "namespace", namespace, check=False)
+    workdir = Path(tempfile.mkdtemp(prefix="fedid-e2e-exchange-"))
+    service_account = install_chart_service_account(cluster, OPERATOR_NAMESPACE, workdir)
+    running = Operator(
+        cluster=cluster, binary=fedid_binary(), workdir=workdir, kubeconfig=service_account, name="fedid-exchange",
+        extra_args=["--exchange-qps", str(QPS), "--exchange-burst", str(BURST), "--leader-election-lease-name",
+                    f"fedid-exchange-{RUN}"],
+    )
+    running.start()
+    issuer = {
+        "apiVersion": "fedid.dev/v1alpha1",
+        "kind": "IdentityIssuer",
+        "metadata": {"name": ISSUER},
+        "spec": {
+            "issuerURL": running.issuer_url(ISSUER),
+            "signing": {"prepublishPeriod": "0s"},
+            "allowedNamespaces": {"names": [TEAM]},
+            "exchange": {"allowedEndpoints": [f"{recorder.url}/allowed/"]},
+        },
+    }
+    wait_for("the issuer to be accepted", lambda: cluster.apply(json.dumps(issuer)).returncode == 0)
+    cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{ISSUER}", "--timeout=60s")
+    try:
+        yield running
+    finally:
+        running.stop()
+        cluster.kubectl("delete", "identityissuer", ISSUER, "--wait=false", check=False)
+        logs = running.logs()
+        assert "eyJ" not in logs, "a JWT appeared in the operator's logs"
+        assert "at-" not in logs and "client-pass" not in logs, "credentials appeared in the logs"
+
+
+def identity(name: str, ca: str, path: str = "/allowed/token", **oauth2: object) -> str:
+    return json.dumps({
+        "apiVersion": "fedid.dev/v1alpha1",
+        "kind": "FederatedIdentity",
+        "metadata": {"name": name, "namespace": TEAM},
+        "spec": {
+            "issuerRef": ISSUER,
+            "audiences": ["token-service"],
+            "lifetime": "10m",
+            "exchange": {"caBundle": ca, "timeout": "2s", "oauth2": {"tokenURL": path, **oauth2}},
+        },
+    })
+
+
+def requests_for(recorder: Recorder, name: str) -> list[Recorded]:
+    """Requests whose subject token belongs to identity `name` (by its `identity` claim)."""
+    found = []
+    for seen in list(recorder.requests):
+        token = seen.form.get("subject_token", "")
+        try:
+            payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        except (IndexError, ValueError):
+            continue
+        if payload.get("identity") == name:
+            found.append(seen)
+    return found
+
+
+def fresh(identity_object: dict) -> dict | None:
+    return condition(identity_object, "CredentialsFresh")
+
+
+def test_an_rfc8693_exchange_writes_the_credentials_and_refreshes_at_their_real_expiry(
+    cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str]
+) -> None:
+    recorder, script, ca = service
+    counter = iter(range(1, 1000))
+    script.handler = lambda _: Reply(200, {
+        "access_token": f"at-{next(counter)}", "token_type": "Bearer", "expires_in": 45,
+        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+    })
+    name = "wire"
+    cluster.apply(identity(name, ca, f"{recorder.url}/allowed/token", audience="api", scopes=["read", "write"],
+                           resource="https://api.example.com", extraParameters={"connector_id": "fedid"}))
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=60s")
+    first = requests_for(recorder, name)[0]
+    form = first.form
+    assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:token-exchange"
+    assert form["subject_token_type"] == "urn:ietf:params:oauth:token-type:jwt"
+    assert (form["audience"], form["scope"], form["resource"], form["connector_id"]) == (
+        "api", "read write", "https://api.example.com", "fedid")
+    assert "client_id" not in form and "authorization" not in first.headers
+    assert first.headers["content-type"] == "application/x-www-form-urlencoded"
+    claims = verify_token(operator, form["subject_token"], operator.issuer_url(ISSUER), "token-service")
+    assert claims["namespace"] == TEAM and claims["identity"] == name
+
+    secret = secret_data(cluster, TEAM, f"{name}-token")
+    assert set(secret["decoded"]) == {"token", "expires-at", "access-token", "token-type", "issued-token-type"}
+    assert secret["decoded"]["token"] == form["subject_token"]
+    assert secret["decoded"]["token-type"] == "Bearer"
+    status = get_json(cluster, "fid", name, "-n", TEAM)["status"]
+    assert status["credentialsExpireAt"] == secret["decoded"]["expires-at"]
+    assert status["lastExchange"]["outcome"] == "Exchanged"
+    assert status["lastExchange"]["endpointHost"] == f"127.0.0.1:{recorder.port}"
+    assert fresh(get_json(cluster, "fid", name, "-n", TEAM))["status"] == "True"
+    printed = cluster.kubectl("get", "fid", name, "-n", TEAM).stdout
+    assert "CREDENTIALS EXPIRE" in printed and status["credentialsExpireAt"] in printed
+
+    # The credentials last 45 s (the token 10 min): renewed at 2/3 of 45 s ±10%, never later than
+    # 5 s before they expire, with a fresh subject token each time, one Secret write per refresh.
+    first_value = secret["decoded"]["access-token"]
+    version = secret["metadata"]["resourceVersion"]
+    refreshed = wait_for("the credentials to be refreshed", lambda: (
+        s if (s := secret_data(cluster, TEAM, f"{name}-token"))["decoded"]["access-token"] != first_value else None),
+        timeout=60)
+    seen = requests_for(recorder, name)
+    assert len(seen) == 2, [r.at for r in seen]
+    assert 26 <= seen[1].at - seen[0].at <= 40, seen[1].at - seen[0].at
+    assert seen[1].form["subject_token"] != seen[0].form["subject_token"]
+    assert int(refreshed["metadata"]["resourceVersion"]) > int(version)
+    cluster.kubectl("delete", "fid", name, "-n", TEAM)
+
+
+def test_an_endpoint_the_issuer_does_not_allow_is_never_contacted(
+    cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str]
+) -> None:
+    recorder, _, ca = service
+    before = recorder.count()
+    for name, url in (("elsewhere", f"{recorder.url}/other/token"), ("lookalike", f"{recorder.url}/allowedx")):
+        cluster.apply(identity(name, ca, url))
+        found = wait_for_reason(cluster, TEAM, name, "EndpointNotAllowed")
+        assert condition(found)["status"] == "False"
+        assert "spec.exchange.allowedEndpoints" in condition(found)["message"]
+    time.sleep(2)  # give a wrong implementation the chance to send
+    assert recorder.count() == before, "fedid contacted an endpoint its issuer does not allow"
+    assert not any(True for _ in secret_names(cluster, "elsewhere-token", "lookalike-token"))
+    for name in ("elsewhere", "lookalike"):
+        cluster.kubectl("delete", "fid", name, "-n", TEAM)
+
+
+def secret_names(cluster: Cluster, *names: str) -> list[str]:
+    items = get_json(cluster, "secrets", "-n", TEAM)["items"]
+    return [item["metadata"]["name"] for item in items if item["metadata"]["name"] in names]
+
+
+def test_only_labelled_client_secrets_are_sent(
+    cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str]
+) -> None:
+    recorder, script, ca = service
+    script.handler = lambda _: Reply(200, {"access_token": "at-c", "token_type": "Bearer", "expires_in": 600})
+    cluster.kubectl("create", "secret", "generic", "oauth-client", "-n", TEAM, "--from-literal=client-secret=client-pass")
+    name = "confidential"
+    cluster.apply(identity(name, ca, f"{recorder.url}/allowed/token",
+                           clientAuth={"clientID": "fedid ci", "clientSecret": {"secretRef": {"name": "oauth-client"}}}))
+    found = wait_for_reason(cluster, TEAM, name, "ClientSecretNotAllowed")
+    assert "fedid.dev/client-credentials" in condition(found)["message"]
+    time.sleep(2)
+    assert requests_for(recorder, name) == [], "an unlabelled Secret's value was sent"
+
+    # The owner labels the Secret: the watch brings the identity back at once.
+    cluster.kubectl("label", "secret", "oauth-client", "-n", TEAM, "fedid.dev/client-credentials=true")
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=30s")
+    [sent] = requests_for(recorder, name)
+    expected = base64.b64encode(b"fedid+ci:client-pass").decode()
+    assert sent.headers["authorization"] == f"Basic {expected}"
+
+    # A missing key is reported by its own reason.
+    cluster.kubectl("delete", "fid", name, "-n", TEAM)
+    cluster.apply(identity("wrong-key", ca, f"{recorder.url}/allowed/token", clientAuth={
+        "clientID": "x", "clientSecret": {"secretRef": {"name": "oauth-client", "key": "nope"}, "method": "post"}}))
+    wait_for_reason(cluster, TEAM, "wrong-key", "ClientSecretKeyMissing")
+    cluster.kubectl("delete", "fid", "wrong-key", "-n", TEAM)
+
+
+def test_failures_keep_valid_credentials_back_off_and_recover(
+    cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str]
+) -> None:
+    recorder, script, ca = service
+    name = "flaky"
+    script.handler = lambda _: Reply(200, {"access_token": "at-good", "token_type": "Bearer", "expires_in": 40})
+    cluster.apply(identity(name, ca, f"{recorder.url}/allowed/token"))
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=60s")
+    good = secret_data(cluster, TEAM, f"{name}-token")
+
+    # The service fails from now on: the refresh (at ~27 s) fails, the Secret keeps the credentials,
+    # Ready stays True and CredentialsFresh says why, with the upstream code.
+    script.handler = lambda _: Reply(503, {"error": "temporarily_unavailable"})
+    failing = wait_for("CredentialsFresh=False", lambda: (
+        i if (f := fresh(i := get_json(cluster, "fid", name, "-n", TEAM))) and f["status"] == "False" else None),
+        timeout=60)
+    assert fresh(failing)["reason"] == "ExchangeUnavailable"
+    assert condition(failing)["status"] == "True", "valid credentials must keep the identity Ready"
+    assert failing["status"]["lastExchange"]["upstreamCode"] == "temporarily_unavailable"
+    assert secret_data(cluster, TEAM, f"{name}-token")["decoded"] == good["decoded"]
+    failed_at = time.time()
+    warnings = [e for e in events_for(cluster, TEAM, name) if e.get("reason") == "ExchangeUnavailable"]
+    assert warnings and "temporarily_unavailable" in warnings[0].get("note", warnings[0].get("message", ""))
+
+    # Backoff, no hot loop: 5 s doubling; in 12 s at most 3 more requests (5 s, 10 s apart).
+    start = len(requests_for(recorder, name))
+    time.sleep(12)
+    assert len(requests_for(recorder, name)) - start <= 3
+
+    # A refusal is a different class, also without losing the credentials while they are valid.
+    script.handler = lambda _: Reply(400, {"error": "invalid_grant", "error_description": "nope"})
+    rejected = wait_for("ExchangeRejected", lambda: (
+        i if (f := fresh(i := get_json(cluster, "fid", name, "-n", TEAM))) and f["reason"] == "ExchangeRejected"
+        else None), timeout=40)
+    assert "invalid_grant" in fresh(rejected)["message"] and "nope" not in fresh(rejected)["message"]
+
+    # Once the credentials have expired, Ready says so, with the exchange's reason.
+    expired = wait_for_reason(cluster, TEAM, name, "ExchangeRejected", timeout=60)
+    assert condition(expired)["status"] == "Unknown"
+
+    # Recovery within one backoff interval (at most 5 min cap; here the interval is < 45 s).
+    script.handler = lambda _: Reply(200, {"access_token": "at-back", "token_type": "Bearer", "expires_in": 600})
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=90s")
+    recovered = get_json(cluster, "fid", name, "-n", TEAM)
+    assert fresh(recovered)["status"] == "True" and recovered["status"].get("failedAttempts", 0) == 0
+    assert secret_data(cluster, TEAM, f"{name}-token")["decoded"]["access-token"] == "at-back"
+    assert time.time() - failed_at < 200
+    cluster.kubectl("delete", "fid", name, "-n", TEAM)
+
+
+@pytest.mark.parametrize(
+    "reply,reason",
+    [
+        (Reply(429, {"error": "slow_down"}, {"Retry-After": "30"}), "ExchangeUnavailable"),
+        (Reply(200, "not json"), "ExchangeMalformed"),
+        (Reply(302, b"", {"Location": "https://127.0.0.1:1/elsewhere"}), "ExchangeMalformed"),
+        (Reply(200, {"access_token": "x", "token_type": "Bearer"}, delay=4), "ExchangeUnavailable"),
+    ],
+    ids=["throttled", "malformed", "redirect", "timeout"],
+)
+def test_a_first_exchange_failure_is_reported_with_its_class(
+    cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str], reply: Reply, reason: str
+) -> None:
+    recorder, script, ca = service
+    script.handler = lambda _: reply
+    name = f"first-{reason.lower()}-{uuid.uuid4().hex[:4]}"
+    cluster.apply(identity(name, ca, f"{recorder.url}/allowed/token"))
+    found = wait_for_reason(cluster, TEAM, name, reason, timeout=60)
+    assert condition(found)["status"] in ("False", "Unknown")
+    assert fresh(found)["reason"] == reason
+    assert secret_names(cluster, f"{name}-token") == [], "nothing is written without credentials"
+    if reply.headers.get("Retry-After"):
+        # Retry-After: 30 is honoured: no second request within it.
+        time.sleep(8)
+        assert len(requests_for(recorder, name)) == 1, [(r.at - time.time()) for r in requests_for(recorder, name)]
+    cluster.kubectl("delete", "fid", name, "-n", TEAM)
+
+
+def test_the_request_budget_holds_at_the_service_and_every_identity_is_issued(
+    cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str]
+) -> None:
+    recorder, script, ca = service
+    script.handler = lambda _: Reply(200, {"access_token": "at-b", "token_type": "Bearer", "expires_in": 600})
+    names = [f"budget-{n}" for n in range(16)]
+    before = recorder.count()
+    manifest = "\n---\n".join(identity(name, ca, f"{recorder.url}/allowed/token") for name in names)
+    cluster.apply(manifest)
+    for name in names:
+        cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=60s")
+    times = sorted(seen.at for seen in recorder.requests[before:])
+    assert len(times) >= len(names)
+    # --exchange-qps 4 --exchange-burst 2: any 1 s window holds at most burst + qps requests, and
+    # 16 requests need at least (16 - 2) / 4 = 3.5 s.
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest <= BURST + QPS, busiest
+    assert times[-1] - times[0] >= 3.0, times[-1] - times[0]
+    assert operator.metric("fedid_exchange_budget_waits_total") > 0
+    assert operator.metric("fedid_exchange_requests_total", {"kind": "oauth2", "outcome": "Exchanged"}) >= len(names)
+    for name in names:
+        cluster.kubectl("delete", "fid", name, "-n", TEAM, "--wait=false")
+
+
+@pytest.mark.parametrize(
+    "exchange,message",
+    [
+        ({}, "exactly one of oauth2, vault, aws"),
+        ({"oauth2": {"tokenURL": "https://a.example/t"}, "vault": {"address": "https://v.example", "role": "r"}},
+         "exactly one of oauth2, vault, aws"),
+        ({"oauth2": {"tokenURL": "http://a.example/t"}}, "tokenURL must be an https URL"),
+        ({"oauth2": {"tokenURL": "https://a.example/t", "extraParameters": {"subject_token": "x"}}},
+         "extraParameters must not set a parameter fedid sets itself"),
+        ({"aws": {"roleARN": "arn:aws:iam::1:role/ci-role", "durationSeconds": 60}}, "durationSeconds"),
+        ({"aws": {"roleARN": "role/ci-role-not-an-arn"}}, "roleARN must be an ARN"),
+        ({"vault": {"address": "https://user:pw@v.example", "role": "r"}}, "address must be an https URL"),
+        ({"vault": {"address": "https://v.example"}}, "role"),
+        ({"vault": {"address": "https://v.example", "role": "r"}, "timeout": "5m"}, "timeout must be between 1s and 1m"),
+        ({"vault": {"address": "https://v.example", "role": "r"}, "caBundle": "not pem"}, "caBundle must hold PEM"),
+        ({"oauth2": {"tokenURL": "https://a.example/t", "clientAuth": {"clientID": "c"}}},
+         "clientAuth must set clientSecret"),
+    ],
+)
+def test_invalid_exchange_specs_are_rejected_at_apply_time(
+    cluster: Cluster, operator: Operator, exchange: dict, message: str
+) -> None:
+    manifest = json.dumps({
+        "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
+        "metadata": {"name": "invalid-exchange", "namespace": TEAM},
+        "spec": {"audiences": ["a"], "exchange": exchange},
+    })
+    result = cluster.kubectl("apply", "-f", "-", input=manifest, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert "spec.exchange" in result.stderr, result.stderr
+
+
+def test_invalid_allowed_endpoints_are_rejected_at_apply_time(cluster: Cluster, operator: Operator) -> None:
+    manifest = json.dumps({
+        "apiVersion": "fedid.dev/v1alpha1", "kind": "IdentityIssuer", "metadata": {"name": f"bad-{RUN}"},
+        "spec": {"issuerURL": "https://issuer.example.com", "exchange": {"allowedEndpoints": ["http://sts.example.com/"]}},
+    })
+    result = cluster.kubectl("apply", "-f", "-", input=manifest, check=False)
+    assert result.returncode != 0
+    assert "spec.exchange.allowedEndpoints[0]" in result.stderr, result.stderr
