@@ -231,6 +231,8 @@ def test_optional_objects_follow_their_values(cluster: Cluster) -> None:
     single = render(cluster, "fedid", "--set", "replicaCount=1", "--set", "leaderElection.enabled=false")
     assert "PodDisruptionBudget" not in kinds(single)
     assert "--leader-election=false" in single and "coordination.k8s.io" not in single
+    budget = render(cluster, "fedid", "--set-json", 'exchange={"qps": 2.5, "burst": 7}')
+    assert "--exchange-qps=2.5" in budget and "--exchange-burst=7" in budget
     assert sorted(kinds(render(cluster, "fedid", *EVERYTHING))) == sorted(
         defaults + ["IdentityIssuer", "Ingress", "NetworkPolicy", "ServiceMonitor"]
     )
@@ -248,6 +250,8 @@ BAD_VALUES = [
     (["issuer.signing.algorithm=HS256"], "at '/issuer/signing/algorithm': value must be one of 'RS256', 'ES256'"),
     (["issuer.signing.rotationPeriod=30d"], "at '/issuer/signing/rotationPeriod': '30d' does not match pattern"),
     (["replicaz=2"], "additional properties 'replicaz' not allowed"),
+    (["exchange.qps=0"], "at '/exchange/qps'"),
+    (["exchange.burst=0"], "at '/exchange/burst': minimum: got 0, want 1"),
     (["issuer.urll=https://x.example.com"], "at '/issuer': additional properties 'urll' not allowed"),
     (["issuer.allowedNamespaces.selector.matchLabel.a=b"], "additional properties 'matchLabel' not allowed"),
     (["replicaCount=3", "leaderElection.enabled=false"], "leaderElection.enabled=false needs replicaCount=1"),
@@ -333,6 +337,8 @@ def test_deployment_runs_fedid_as_documented(cluster: Cluster, release: dict) ->
         "--http-addr=0.0.0.0:8443",
         "--log-format=text",
         "--concurrency=16",
+        "--exchange-qps=20",
+        "--exchange-burst=40",
         "--leader-election=true",
         "--leader-election-lease-name=fedid-leader",
     ]
