@@ -352,6 +352,8 @@ def test_the_request_budget_holds_at_the_service_and_every_identity_is_issued(
         ({"vault": {"address": "https://v.example", "role": "r"}, "caBundle": "not pem"}, "caBundle must hold PEM"),
         ({"oauth2": {"tokenURL": "https://a.example/t", "clientAuth": {"clientID": "c"}}},
          "clientAuth must set clientSecret"),
+        ({"azure": {"tenantID": "a/b", "clientID": "c", "scope": "s"}}, "tenantID"),
+        ({"azure": {"tenantID": "t", "clientID": "c"}}, "scope"),
     ],
 )
 def test_invalid_exchange_specs_are_rejected_at_apply_time(
@@ -376,3 +378,34 @@ def test_invalid_allowed_endpoints_are_rejected_at_apply_time(cluster: Cluster, 
     result = cluster.kubectl("apply", "-f", "-", input=manifest, check=False)
     assert result.returncode != 0
     assert "spec.exchange.allowedEndpoints[0]" in result.stderr, result.stderr
+
+
+def test_an_azure_exchange_sends_the_token_as_a_client_assertion(
+    cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str]
+) -> None:
+    # A wire test: Entra ID has no local build, so the recording service checks the request's shape
+    # (the client credentials grant with fedid's token as a jwt-bearer client assertion).
+    recorder, script, ca = service
+    script.handler = lambda _: Reply(200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599,
+                                           "access_token": "at-azure"})
+    name = "azure"
+    cluster.apply(json.dumps({
+        "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
+        "metadata": {"name": name, "namespace": TEAM},
+        "spec": {"issuerRef": ISSUER, "audiences": ["api://AzureADTokenExchange"], "lifetime": "10m", "exchange": {
+            "caBundle": ca,
+            "azure": {"tenantID": "contoso.onmicrosoft.com", "clientID": "11111111-2222-3333-4444-555555555555",
+                      "scope": "https://management.azure.com/.default", "authorityHost": f"{recorder.url}/allowed"},
+        }},
+    }))
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=60s")
+    [sent] = [seen for seen in recorder.requests if seen.path == "/allowed/contoso.onmicrosoft.com/oauth2/v2.0/token"]
+    form = sent.form
+    assert (form["grant_type"], form["client_id"], form["scope"]) == (
+        "client_credentials", "11111111-2222-3333-4444-555555555555", "https://management.azure.com/.default")
+    assert form["client_assertion_type"] == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    claims = verify_token(operator, form["client_assertion"], operator.issuer_url(ISSUER), "api://AzureADTokenExchange")
+    assert claims["identity"] == name
+    files = secret_data(cluster, TEAM, f"{name}-token")["decoded"]
+    assert files["access-token"] == "at-azure" and files["token-type"] == "Bearer"
+    cluster.kubectl("delete", "fid", name, "-n", TEAM)

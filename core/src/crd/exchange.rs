@@ -16,13 +16,13 @@ const HTTPS_URL_RULE: &str = "isURL(self) && url(self).getScheme() == 'https' &&
 pub const ENDPOINT_PREFIX_PATTERN: &str = r"^https://[^/?#@\s]+([/?][^#\s]*)?$";
 
 /// Where and how fedid exchanges the identity's token for credentials. Set exactly one of
-/// `oauth2`, `vault` and `aws`. The endpoint must start with one of the issuer's
+/// `oauth2`, `vault`, `aws` and `azure`. The endpoint must start with one of the issuer's
 /// `spec.exchange.allowedEndpoints`.
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[x_kube(crates(kube_core = "::kube_core"))]
 #[x_kube(
-    validation = Rule::new("(has(self.oauth2) ? 1 : 0) + (has(self.vault) ? 1 : 0) + (has(self.aws) ? 1 : 0) == 1")
-        .message("exchange must set exactly one of oauth2, vault, aws")
+    validation = Rule::new("(has(self.oauth2) ? 1 : 0) + (has(self.vault) ? 1 : 0) + (has(self.aws) ? 1 : 0) + (has(self.azure) ? 1 : 0) == 1")
+        .message("exchange must set exactly one of oauth2, vault, aws, azure")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ExchangeSpec {
@@ -39,6 +39,11 @@ pub struct ExchangeSpec {
     /// `config` and `expires-at`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsExchange>,
+
+    /// Microsoft Entra workload identity federation: the client credentials grant with the token
+    /// as `client_assertion`. Writes `access-token`, `token-type` and `expires-at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureExchange>,
 
     /// PEM certificates trusted for the endpoint's TLS, in addition to the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,6 +257,33 @@ pub struct AwsExchange {
     #[serde(default = "default_mount_path")]
     #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/[A-Za-z0-9_./-]*$"))]
     pub mount_path: String,
+}
+
+/// Entra ID client credentials with a federated client assertion:
+/// `POST <authorityHost>/<tenantID>/oauth2/v2.0/token`.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct AzureExchange {
+    /// The directory (tenant) ID or domain.
+    #[serde(rename = "tenantID")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9.-]+$"))]
+    pub tenant_id: String,
+
+    /// The application (client) ID whose federated credential trusts fedid's issuer.
+    #[serde(rename = "clientID")]
+    #[schemars(length(min = 1, max = 128))]
+    pub client_id: String,
+
+    /// The scope requested, for example `https://management.azure.com/.default`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub scope: String,
+
+    /// The Entra ID authority (default `https://login.microsoftonline.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new(HTTPS_URL_RULE).message("authorityHost must be an https URL with a host and no user information"))]
+    pub authority_host: Option<String>,
 }
 
 /// Where pods are documented to mount an identity's Secret.

@@ -3,10 +3,11 @@
 //! their real expiry, or a classified failure. The shell only sends the request and hands back
 //! the reply; nothing here performs I/O.
 //!
-//! Kinds: [`oauth2`] (RFC 8693), [`vault`] (Vault/OpenBao JWT auth) and [`aws`] (STS
-//! AssumeRoleWithWebIdentity).
+//! Kinds: [`oauth2`] (RFC 8693), [`vault`] (Vault/OpenBao JWT auth), [`aws`] (STS
+//! AssumeRoleWithWebIdentity) and [`azure`] (Entra client credentials with a federated assertion).
 
 pub mod aws;
+pub mod azure;
 pub mod endpoint;
 pub mod oauth2;
 mod reply;
@@ -43,6 +44,8 @@ pub enum ExchangeKind {
     Vault,
     /// AWS STS AssumeRoleWithWebIdentity.
     Aws,
+    /// Entra ID client credentials with the token as client assertion.
+    Azure,
 }
 
 impl ExchangeKind {
@@ -52,6 +55,7 @@ impl ExchangeKind {
             Self::OAuth2 => "oauth2",
             Self::Vault => "vault",
             Self::Aws => "aws",
+            Self::Azure => "azure",
         }
     }
 }
@@ -79,8 +83,8 @@ pub fn validate(
     issuer: &str,
     policy: Option<&ExchangePolicy>,
 ) -> Result<ValidatedExchange, ExchangeError> {
-    let (kind, url, client_secret) = match (&spec.oauth2, &spec.vault, &spec.aws) {
-        (Some(oauth2), None, None) => (
+    let (kind, url, client_secret) = match (&spec.oauth2, &spec.vault, &spec.aws, &spec.azure) {
+        (Some(oauth2), None, None, None) => (
             ExchangeKind::OAuth2,
             oauth2.token_url.clone(),
             oauth2
@@ -89,8 +93,9 @@ pub fn validate(
                 .and_then(|auth| auth.client_secret.as_ref())
                 .map(|secret| secret.secret_ref.clone()),
         ),
-        (None, Some(vault), None) => (ExchangeKind::Vault, vault::login_url(vault), None),
-        (None, None, Some(aws)) => (ExchangeKind::Aws, aws::endpoint_url(aws), None),
+        (None, Some(vault), None, None) => (ExchangeKind::Vault, vault::login_url(vault), None),
+        (None, None, Some(aws), None) => (ExchangeKind::Aws, aws::endpoint_url(aws), None),
+        (None, None, None, Some(azure)) => (ExchangeKind::Azure, azure::token_url(azure), None),
         _ => return Err(ExchangeError::NotExactlyOneKind),
     };
     let endpoint = Endpoint::parse(&url).map_err(|problem| ExchangeError::InvalidEndpoint {
@@ -217,15 +222,13 @@ pub fn build_request(
     client_secret: Option<&str>,
     requester: Requester<'_>,
 ) -> ExchangeRequest {
-    let (headers, body) = match (
-        &exchange.spec.oauth2,
-        &exchange.spec.vault,
-        &exchange.spec.aws,
-    ) {
-        (Some(oauth2), _, _) => oauth2::request(oauth2, &token.jwt, client_secret),
-        (_, Some(vault), _) => vault::request(vault, &token.jwt),
-        (_, _, Some(aws)) => aws::request(aws, &token.jwt, requester),
-        (None, None, None) => (Vec::new(), RequestBody::Form(Vec::new())),
+    let spec = &exchange.spec;
+    let (headers, body) = match (&spec.oauth2, &spec.vault, &spec.aws, &spec.azure) {
+        (Some(oauth2), ..) => oauth2::request(oauth2, &token.jwt, client_secret),
+        (_, Some(vault), ..) => vault::request(vault, &token.jwt),
+        (_, _, Some(aws), _) => aws::request(aws, &token.jwt, requester),
+        (_, _, _, Some(azure)) => azure::request(azure, &token.jwt),
+        (None, None, None, None) => (Vec::new(), RequestBody::Form(Vec::new())),
     };
     ExchangeRequest {
         kind: exchange.kind,
@@ -342,15 +345,13 @@ pub fn parse_reply(
             });
         }
     };
-    let outcome = match (
-        &exchange.spec.oauth2,
-        &exchange.spec.vault,
-        &exchange.spec.aws,
-    ) {
-        (Some(_), _, _) => oauth2::parse(status, body, token, now),
-        (_, Some(_), _) => vault::parse(status, body, token, now),
-        (_, _, Some(aws)) => aws::parse(aws, status, body),
-        (None, None, None) => Err(Upstream::Malformed("no exchange kind")),
+    let spec = &exchange.spec;
+    let outcome = match (&spec.oauth2, &spec.vault, &spec.aws, &spec.azure) {
+        (Some(_), ..) => oauth2::parse(status, body, token, now),
+        (_, Some(_), ..) => vault::parse(status, body, token, now),
+        (_, _, Some(aws), _) => aws::parse(aws, status, body),
+        (_, _, _, Some(_)) => azure::parse(status, body, now),
+        (None, None, None, None) => Err(Upstream::Malformed("no exchange kind")),
     };
     match outcome {
         Ok((files, expires_at)) => Ok(Exchanged {
@@ -472,7 +473,7 @@ pub fn without_exchange(token: Minted) -> Credentials {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ExchangeError {
     /// The spec sets no kind, or several (the CRD's CEL rule normally prevents it).
-    #[error("spec.exchange must set exactly one of oauth2, vault, aws")]
+    #[error("spec.exchange must set exactly one of oauth2, vault, aws, azure")]
     NotExactlyOneKind,
     /// The endpoint URL cannot be used.
     #[error("exchange endpoint {url:?} is invalid: {problem}")]
@@ -657,6 +658,7 @@ pub(crate) mod tests {
             "https://vault.example.com:8200",
             "https://sts.amazonaws.com",
             "https://sts.eu-west-1.amazonaws.com",
+            "https://login.microsoftonline.com",
         ];
         validate(&spec(value), "ci", Some(&policy(&hosts))).expect("valid exchange")
     }
