@@ -185,17 +185,26 @@ def minio(bins: Path, operator: Operator, issuer: str, ports: dict[str, int]) ->
         "MINIO_BROWSER": "off",
         "MINIO_UPDATE": "off",
     }
-    peer = Peer("minio", [str(bins / "minio"), "server", str(workdir / "data"), "--address", f"127.0.0.1:{ports['minio']}",
-                          "--console-address", f"127.0.0.1:{ports['minio-console']}", "--certs-dir", str(certs)],
-                workdir, env)
-    wait_for("MinIO to be live", lambda: peer.alive() and requests.get(
-        f"{endpoint}/minio/health/live", verify=str(ca), timeout=5).status_code == 200, timeout=90)
+    command = [str(bins / "minio"), "server", str(workdir / "data"), "--address", f"127.0.0.1:{ports['minio']}",
+               "--console-address", f"127.0.0.1:{ports['minio-console']}", "--certs-dir", str(certs)]
+    running: list[Peer] = []
+
+    def start() -> None:
+        peer = Peer(f"minio-{len(running)}", command, workdir, env)
+        running.append(peer)
+        wait_for("MinIO to be live", lambda: peer.alive() and requests.get(
+            f"{endpoint}/minio/health/live", verify=str(ca), timeout=5).status_code == 200, timeout=90)
+
+    def stop() -> None:
+        running[-1].stop()
+
+    start()
     digest = base64.urlsafe_b64encode(hashlib.sha1(MINIO_CLIENT.encode()).digest()).decode().rstrip("=")
     try:
         yield {"endpoint": endpoint, "ca": ca.read_text(), "ca_path": ca, "role": f"arn:minio:iam:::role/{digest}",
-               "log": peer.log}
+               "start": start, "stop": stop}
     finally:
-        peer.stop()
+        stop()
 
 
 def identity(name: str, audiences: list[str], exchange: dict) -> str:
@@ -296,3 +305,33 @@ def test_minio_validates_the_token_and_boto3_uses_only_the_secrets_files(cluster
         else None))
     assert refused["status"]["lastExchange"]["outcome"] == "ExchangeRejected"
     assert refused["status"]["lastExchange"]["upstreamCode"]
+
+
+def test_a_stopped_minio_keeps_the_last_credentials_until_it_is_back(cluster: Cluster, minio: dict) -> None:
+    # Credentials that MinIO caps at the 1-minute token's expiry: refreshed at about 40 s.
+    cluster.apply(json.dumps({
+        "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
+        "metadata": {"name": "minio-outage", "namespace": TEAM},
+        "spec": {"issuerRef": ISSUER, "audiences": [MINIO_CLIENT], "lifetime": "1m", "exchange": {
+            "caBundle": minio["ca"], "aws": {"roleARN": minio["role"], "stsEndpoint": f"{minio['endpoint']}/"}}},
+    }))
+    cluster.kubectl("wait", "--for=condition=Ready", "fid/minio-outage", "-n", TEAM, "--timeout=60s")
+    before = secret_data(cluster, TEAM, "minio-outage-token")["decoded"]
+    minio["stop"]()
+    try:
+        failing = wait_for("the refresh to fail", lambda: (
+            f if (c := condition(f := get_json(cluster, "fid", "minio-outage", "-n", TEAM), "CredentialsFresh"))
+            and c["status"] == "False" else None), timeout=60)
+        assert condition(failing, "CredentialsFresh")["reason"] == "ExchangeUnavailable"
+        assert "connection failed" in condition(failing, "CredentialsFresh")["message"]
+        # The credentials in the Secret are the last good ones, and the identity is still Ready.
+        assert condition(failing)["status"] == "True"
+        assert secret_data(cluster, TEAM, "minio-outage-token")["decoded"]["credentials"] == before["credentials"]
+    finally:
+        minio["start"]()
+    # Back within one backoff interval: fresh credentials, CredentialsFresh=True again.
+    wait_for("fresh credentials after the outage", lambda: (
+        c := condition(get_json(cluster, "fid", "minio-outage", "-n", TEAM), "CredentialsFresh"))
+        and c["status"] == "True", timeout=90)
+    after = secret_data(cluster, TEAM, "minio-outage-token")["decoded"]
+    assert after["credentials"] != before["credentials"]
