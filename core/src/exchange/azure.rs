@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use super::{
     OutputFile, RequestBody, Upstream,
     oauth2::{ACCESS_TOKEN_KEY, TOKEN_TYPE_KEY},
-    reply::{after, json_object, string_field, unexpected_status},
+    reply::{after, expires_in, oauth_reply, string_field},
 };
 use crate::crd::exchange::AzureExchange;
 
@@ -15,9 +15,6 @@ pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 
 /// `client_assertion_type` of a JWT client assertion.
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
-/// Error codes that mean "try again later".
-const RETRYABLE_CODES: [&str; 2] = ["temporarily_unavailable", "server_error"];
 
 /// The token endpoint of `spec`.
 pub(crate) fn token_url(spec: &AzureExchange) -> String {
@@ -50,34 +47,11 @@ pub(crate) fn parse(
     body: &[u8],
     now: Timestamp,
 ) -> Result<(Vec<OutputFile>, Timestamp), Upstream> {
-    if let Some(unexpected) = unexpected_status(status) {
-        return Err(unexpected);
-    }
-    let object = json_object(body);
-    if status != 200 {
-        let code = object
-            .as_ref()
-            .and_then(|object| string_field(object, "error"))
-            .map(str::to_owned);
-        return Err(match code {
-            Some(code) if RETRYABLE_CODES.contains(&code.as_str()) => {
-                Upstream::Unavailable(Some(code))
-            }
-            code => Upstream::by_status(status, code),
-        });
-    }
-    let object = object.ok_or(Upstream::Malformed("the body is not a JSON object"))?;
+    let object = oauth_reply(status, body)?;
     let access_token =
         string_field(&object, "access_token").ok_or(Upstream::Malformed("no access_token"))?;
     let token_type = string_field(&object, "token_type").unwrap_or("Bearer");
-    let seconds = object
-        .get("expires_in")
-        .and_then(|value| {
-            value
-                .as_u64()
-                .or_else(|| value.as_str().and_then(|text| text.parse().ok()))
-        })
-        .ok_or(Upstream::Malformed("no expires_in"))?;
+    let seconds = expires_in(&object)?.ok_or(Upstream::Malformed("no expires_in"))?;
     Ok((
         vec![
             OutputFile {

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 
 use super::{
     OutputFile, RequestBody, Upstream,
-    reply::{after, form_encode, json_object, jwt_expiry_or, string_field, unexpected_status},
+    reply::{after, expires_in, form_encode, jwt_expiry_or, oauth_reply, string_field},
 };
 use crate::{
     crd::exchange::{ClientSecretMethod, OAuth2Exchange},
@@ -25,9 +25,6 @@ pub const ACCESS_TOKEN_KEY: &str = "access-token";
 pub const TOKEN_TYPE_KEY: &str = "token-type";
 /// Secret key of `issued_token_type`.
 pub const ISSUED_TOKEN_TYPE_KEY: &str = "issued-token-type";
-
-/// RFC 6749 error codes that mean "try again later" rather than "no".
-const RETRYABLE_CODES: [&str; 3] = ["temporarily_unavailable", "server_error", "slow_down"];
 
 /// Headers and form of the exchange of `subject_token`.
 pub(crate) fn request(
@@ -91,36 +88,14 @@ pub(crate) fn parse(
     subject: &Minted,
     now: Timestamp,
 ) -> Result<(Vec<OutputFile>, Timestamp), Upstream> {
-    if let Some(unexpected) = unexpected_status(status) {
-        return Err(unexpected);
-    }
-    let object = json_object(body);
-    if status != 200 {
-        let code = object
-            .as_ref()
-            .and_then(|object| string_field(object, "error"))
-            .map(str::to_owned);
-        return Err(match code {
-            Some(code) if RETRYABLE_CODES.contains(&code.as_str()) => {
-                Upstream::Unavailable(Some(code))
-            }
-            code => Upstream::by_status(status, code),
-        });
-    }
-    let object = object.ok_or(Upstream::Malformed("the body is not a JSON object"))?;
+    let object = oauth_reply(status, body)?;
     let access_token =
         string_field(&object, "access_token").ok_or(Upstream::Malformed("no access_token"))?;
     let token_type =
         string_field(&object, "token_type").ok_or(Upstream::Malformed("no token_type"))?;
-    let expires_at = match object.get("expires_in") {
+    let expires_at = match expires_in(&object)? {
         None => jwt_expiry_or(access_token, subject.expires_at),
-        Some(value) => {
-            let seconds = value
-                .as_u64()
-                .or_else(|| value.as_str().and_then(|text| text.parse().ok()))
-                .ok_or(Upstream::Malformed("expires_in is not a number of seconds"))?;
-            after(now, seconds)
-        }
+        Some(seconds) => after(now, seconds),
     };
     let mut files = vec![
         OutputFile {

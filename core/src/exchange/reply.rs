@@ -71,6 +71,44 @@ pub(crate) fn form_encode(value: &str) -> String {
     encoded
 }
 
+/// RFC 6749 §5.2 error codes that mean "try again later" rather than "no".
+const RETRYABLE_OAUTH_CODES: [&str; 3] = ["temporarily_unavailable", "server_error", "slow_down"];
+
+/// An OAuth token endpoint's reply: the JSON object of a 200, or the classified error of any
+/// other status (its `error` code, retryable or not).
+pub(crate) fn oauth_reply(status: u16, body: &[u8]) -> Result<Map<String, Value>, Upstream> {
+    if let Some(unexpected) = unexpected_status(status) {
+        return Err(unexpected);
+    }
+    let object = json_object(body);
+    if status != 200 {
+        let code = object
+            .as_ref()
+            .and_then(|object| string_field(object, "error"))
+            .map(str::to_owned);
+        return Err(match code {
+            Some(code) if RETRYABLE_OAUTH_CODES.contains(&code.as_str()) => {
+                Upstream::Unavailable(Some(code))
+            }
+            code => Upstream::by_status(status, code),
+        });
+    }
+    object.ok_or(Upstream::Malformed("the body is not a JSON object"))
+}
+
+/// `expires_in` of an OAuth reply, a number or a numeric string; `None` when absent.
+pub(crate) fn expires_in(object: &Map<String, Value>) -> Result<Option<u64>, Upstream> {
+    object
+        .get("expires_in")
+        .map(|value| {
+            value
+                .as_u64()
+                .or_else(|| value.as_str().and_then(|text| text.parse().ok()))
+                .ok_or(Upstream::Malformed("expires_in is not a number of seconds"))
+        })
+        .transpose()
+}
+
 /// Replies that are neither success nor error: redirects (never followed) and other statuses
 /// outside 200..=599.
 pub(crate) fn unexpected_status(status: u16) -> Option<Upstream> {
