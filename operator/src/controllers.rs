@@ -223,10 +223,8 @@ pub fn identities_using_client_secret(
                 .spec
                 .exchange
                 .as_ref()
-                .and_then(|exchange| exchange.oauth2.as_ref())
-                .and_then(|oauth2| oauth2.client_auth.as_ref())
-                .and_then(|auth| auth.client_secret.as_ref())
-                .is_some_and(|client_secret| client_secret.secret_ref.name == secret)
+                .and_then(|exchange| exchange.client_secret_ref())
+                .is_some_and(|reference| reference.name == secret)
         })
         .map(|identity| ObjectRef::from_obj(identity.as_ref()))
         .collect()

@@ -63,6 +63,14 @@ pub struct ExchangeSpec {
     pub timeout: Option<Duration>,
 }
 
+impl ExchangeSpec {
+    /// The Secret key holding the client secret this exchange sends, if it sends one.
+    pub fn client_secret_ref(&self) -> Option<&SecretKeyRef> {
+        let auth = self.oauth2.as_ref()?.client_auth.as_ref()?;
+        Some(&auth.client_secret.as_ref()?.secret_ref)
+    }
+}
+
 /// RFC 8693 token exchange: fedid's token is the `subject_token`.
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[x_kube(crates(kube_core = "::kube_core"))]

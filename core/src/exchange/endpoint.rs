@@ -53,28 +53,27 @@ impl Endpoint {
     /// `https://sts.example.com/x` but not `https://sts.example.com.evil.net/`. Hosts compare
     /// case-insensitively.
     pub fn starts_with(&self, prefix: &str) -> bool {
-        let (Ok(prefix_endpoint), Some(prefix_path)) = (
-            Self::parse(prefix),
-            prefix.strip_prefix("https://").map(|rest| {
-                let host_end = rest.find(['/', '?']).unwrap_or(rest.len());
-                &rest[host_end..]
-            }),
-        ) else {
+        let Ok(prefix) = Self::parse(prefix) else {
             return false;
         };
-        let own_path = &self.url["https://".len() + self.host.len()..];
-        if prefix_endpoint.host != self.host {
+        if prefix.host != self.host {
             return false;
         }
+        let prefix_path = prefix.path();
         if prefix_path.is_empty() || prefix_path == "/" {
             return true;
         }
-        match own_path.strip_prefix(prefix_path) {
+        match self.path().strip_prefix(prefix_path) {
             Some(rest) => {
                 prefix_path.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?'])
             }
             None => false,
         }
+    }
+
+    /// Everything after the host: path and query.
+    fn path(&self) -> &str {
+        &self.url["https://".len() + self.host.len()..]
     }
 }
 

@@ -83,19 +83,11 @@ pub fn validate(
     issuer: &str,
     policy: Option<&ExchangePolicy>,
 ) -> Result<ValidatedExchange, ExchangeError> {
-    let (kind, url, client_secret) = match (&spec.oauth2, &spec.vault, &spec.aws, &spec.azure) {
-        (Some(oauth2), None, None, None) => (
-            ExchangeKind::OAuth2,
-            oauth2.token_url.clone(),
-            oauth2
-                .client_auth
-                .as_ref()
-                .and_then(|auth| auth.client_secret.as_ref())
-                .map(|secret| secret.secret_ref.clone()),
-        ),
-        (None, Some(vault), None, None) => (ExchangeKind::Vault, vault::login_url(vault), None),
-        (None, None, Some(aws), None) => (ExchangeKind::Aws, aws::endpoint_url(aws), None),
-        (None, None, None, Some(azure)) => (ExchangeKind::Azure, azure::token_url(azure), None),
+    let (kind, url) = match (&spec.oauth2, &spec.vault, &spec.aws, &spec.azure) {
+        (Some(oauth2), None, None, None) => (ExchangeKind::OAuth2, oauth2.token_url.clone()),
+        (None, Some(vault), None, None) => (ExchangeKind::Vault, vault::login_url(vault)),
+        (None, None, Some(aws), None) => (ExchangeKind::Aws, aws::endpoint_url(aws)),
+        (None, None, None, Some(azure)) => (ExchangeKind::Azure, azure::token_url(azure)),
         _ => return Err(ExchangeError::NotExactlyOneKind),
     };
     let endpoint = Endpoint::parse(&url).map_err(|problem| ExchangeError::InvalidEndpoint {
@@ -122,7 +114,7 @@ pub fn validate(
         kind,
         endpoint,
         spec: spec.clone(),
-        client_secret,
+        client_secret: spec.client_secret_ref().cloned(),
         timeout,
         spec_digest: hex(&digest[..12]),
     })
@@ -212,6 +204,14 @@ impl fmt::Debug for ExchangeRequest {
             .field("parameters", &parameters)
             .finish()
     }
+}
+
+/// The client secret in `value` (a Secret data value): UTF-8, without trailing line breaks
+/// (files written by editors and `--from-file` end with one). `None` when not UTF-8.
+pub fn client_secret_value(value: &[u8]) -> Option<String> {
+    std::str::from_utf8(value)
+        .ok()
+        .map(|text| text.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 /// Builds the request of `exchange` for `token`. `client_secret` is the value of the
@@ -735,6 +735,14 @@ pub(crate) mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("header.payload.signature"), "{shown}");
         assert!(shown.contains("subject_token"), "{shown}");
+    }
+
+    #[test]
+    fn client_secrets_lose_trailing_line_breaks_only() {
+        assert_eq!(client_secret_value(b"pw\n").as_deref(), Some("pw"));
+        assert_eq!(client_secret_value(b"pw\r\n").as_deref(), Some("pw"));
+        assert_eq!(client_secret_value(b" p w ").as_deref(), Some(" p w "));
+        assert_eq!(client_secret_value(&[0xff, 0xfe]), None);
     }
 
     #[test]

@@ -82,6 +82,13 @@ pub enum ReissueReason {
 }
 
 impl ReissueReason {
+    /// Whether this pass gives the identity its first credentials (no Secret, or no readable
+    /// token in it) rather than refreshing ones it has: first issues go before refreshes when
+    /// a token service's request budget is spent.
+    pub fn is_first_issue(self, secret_exists: bool) -> bool {
+        !secret_exists || self == Self::NoToken
+    }
+
     /// Stable, machine-readable name, usable as a metric label or log field.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -430,5 +437,19 @@ mod tests {
                 "DueForRenewal"
             ]
         );
+    }
+
+    #[test]
+    fn only_a_missing_token_is_a_first_issue() {
+        assert!(ReissueReason::DueForRenewal.is_first_issue(false));
+        assert!(ReissueReason::NoToken.is_first_issue(true));
+        for refresh in [
+            ReissueReason::Expired,
+            ReissueReason::KeyUnpublished,
+            ReissueReason::SpecChanged,
+            ReissueReason::DueForRenewal,
+        ] {
+            assert!(!refresh.is_first_issue(true), "{refresh:?}");
+        }
     }
 }

@@ -17,13 +17,12 @@ use fedid_core::{
     credentials::token::Minted,
     exchange::{
         CLIENT_CREDENTIALS_LABEL, Credentials, ExchangeError, Requester, build_request,
-        parse_reply, without_exchange,
+        client_secret_value, parse_reply, without_exchange,
     },
     identity::{
         mint::{MintError, mint},
         plan::{Issued, Plan, PlanError, plan},
         render::render_secret,
-        schedule::ReissueReason,
         status::{
             ExchangeAttempt, Outcome, exchange_backoff_pending, next_exchange_attempt,
             report as decide_report, transition_event,
@@ -303,10 +302,10 @@ async fn run_pipeline(
             } => (reason, secret_exists),
         };
     let minted = mint_on_blocking_pool(&ctx.shared, &fetched.issuer, &validated, now).await?;
-    let priority = if secret_exists && reason != ReissueReason::NoToken {
-        Priority::Refresh
-    } else {
+    let priority = if reason.is_first_issue(secret_exists) {
         Priority::FirstIssue
+    } else {
+        Priority::Refresh
     };
     let credentials = exchange(ctx, &validated, minted, priority, attempt).await?;
     let secret = render_secret(&validated, &credentials);
@@ -462,8 +461,7 @@ fn client_secret(
         .data
         .as_ref()
         .and_then(|data| data.get(&reference.key))
-        .and_then(|value| std::str::from_utf8(&value.0).ok())
-        .map(|value| value.trim_end_matches(['\r', '\n']).to_owned())
+        .and_then(|value| client_secret_value(&value.0))
         .ok_or_else(|| ExchangeError::ClientSecretKeyMissing {
             secret: reference.name.clone(),
             key: reference.key.clone(),

@@ -3,8 +3,11 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
+
+use fedid_core::identity::status::NextAttempt;
+use jiff::Timestamp;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
@@ -51,9 +54,7 @@ impl RecentWrites {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<Secret>, Arc<Secret>>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -122,34 +123,33 @@ mod tests {
     }
 }
 
+/// How many remembered backoffs trigger a sweep of the expired ones.
+const PRUNE_EVERY: usize = 1024;
+
 /// The next-attempt times of failed exchanges this replica reported, by identity UID: the
 /// identity cache may not hold that status yet when the next trigger arrives.
 #[derive(Default)]
 pub struct ExchangeBackoffs {
-    next: std::sync::Mutex<
-        std::collections::HashMap<String, fedid_core::identity::status::NextAttempt>,
-    >,
+    next: Mutex<HashMap<String, NextAttempt>>,
 }
 
 impl ExchangeBackoffs {
     /// The remembered next attempt of identity `uid`.
-    pub fn get(&self, uid: &str) -> Option<fedid_core::identity::status::NextAttempt> {
+    pub fn get(&self, uid: &str) -> Option<NextAttempt> {
         self.lock().get(uid).copied()
     }
 
-    /// Remembers `next` for identity `uid` (or forgets it, after a success); drops entries
-    /// whose time has passed, so the map holds only identities in backoff.
-    pub fn set(
-        &self,
-        uid: &str,
-        next: Option<fedid_core::identity::status::NextAttempt>,
-        now: jiff::Timestamp,
-    ) {
+    /// Remembers `next` for identity `uid` (or forgets it, after a success). Entries whose
+    /// time has passed are dropped every [`PRUNE_EVERY`] entries, so the map stays bounded by
+    /// the identities in backoff at no per-call scan.
+    pub fn set(&self, uid: &str, next: Option<NextAttempt>, now: Timestamp) {
         let mut map = self.lock();
-        map.retain(|_, remembered| remembered.at > now);
         match next {
             Some(next) => {
                 map.insert(uid.to_owned(), next);
+                if map.len().is_multiple_of(PRUNE_EVERY) {
+                    map.retain(|_, remembered| remembered.at > now);
+                }
             }
             None => {
                 map.remove(uid);
@@ -157,14 +157,38 @@ impl ExchangeBackoffs {
         }
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<String, fedid_core::identity::status::NextAttempt>,
-    > {
-        self.next
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, NextAttempt>> {
+        self.next.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(second).expect("valid timestamp")
+    }
+
+    #[test]
+    fn backoffs_are_forgotten_on_success_and_swept_when_expired() {
+        let backoffs = ExchangeBackoffs::default();
+        let next = |second| {
+            Some(NextAttempt {
+                generation: Some(1),
+                at: at(second),
+            })
+        };
+        backoffs.set("a", next(100), at(0));
+        assert_eq!(backoffs.get("a"), next(100));
+        backoffs.set("a", None, at(1));
+        assert_eq!(backoffs.get("a"), None);
+        // Expired entries go at the next sweep; pending ones stay.
+        backoffs.set("old", next(10), at(0));
+        for n in 1..PRUNE_EVERY {
+            backoffs.set(&format!("id-{n}"), next(1_000), at(500));
+        }
+        assert_eq!(backoffs.get("old"), None);
+        assert_eq!(backoffs.get("id-1"), next(1_000));
     }
 }
