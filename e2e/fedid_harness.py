@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -283,6 +284,15 @@ def events_for(cluster: Cluster, namespace: str, name: str) -> list[dict]:
 
 def now() -> float:
     return time.time()
+
+
+# A compact JWS: base64url JSON header (`{"` encodes as `eyJ`), claims, signature.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
+
+
+def jwts_in(text: str) -> list[str]:
+    """The JWT-shaped strings in `text` (for asserting that logs hold none), each cut short."""
+    return [found[:24] + "…" for found in _JWT.findall(text)]
 
 
 def fedid_binary() -> Path:

@@ -392,6 +392,11 @@ RIGHTS = [
     ("create", "events.events.k8s.io", "other", True),
     ("patch", "events.events.k8s.io", "other", True),
     ("delete", "events.events.k8s.io", "other", False),
+    # CA bundles for exchanges: listed and watched (by label) everywhere, never read one by one.
+    ("list", "configmaps", "all", True),
+    ("watch", "configmaps", "other", True),
+    ("get", "configmaps", "other", False),
+    ("create", "configmaps", "other", False),
     # Static files in its own namespace only.
     ("get", "configmaps", "own", True),
     ("patch", "configmaps", "own", True),
@@ -449,6 +454,21 @@ def test_service_account_can_read_every_secret_by_listing(cluster: Cluster, rele
     assert deleted.returncode != 0 and "Forbidden" in deleted.stderr, deleted.stdout + deleted.stderr
     # Still there (checked as the admin).
     assert get_json(cluster, "secret", name, "-n", namespace)["metadata"]["name"] == name
+
+
+def test_service_account_can_read_every_configmap_by_listing(cluster: Cluster, release: dict, namespace: str) -> None:
+    """The same for ConfigMaps (the CA-bundle watch): a real list as the ServiceAccount returns a
+    foreign, unlabelled ConfigMap's data; a GET or an update of it is forbidden."""
+    subject = f"system:serviceaccount:{release['namespace']}:{release['name']}"
+    name, value = "not-fedids-either", f"known-{uuid.uuid4().hex}"
+    cluster.kubectl("create", "configmap", name, "-n", namespace, f"--from-literal=setting={value}")
+    listed = json.loads(cluster.kubectl("get", "configmaps", "-A", "-o", "json", f"--as={subject}").stdout)["items"]
+    [found] = [c for c in listed if c["metadata"]["namespace"] == namespace and c["metadata"]["name"] == name]
+    assert found["data"]["setting"] == value, "the list did not return the data"
+    got = cluster.kubectl("get", "configmap", name, "-n", namespace, f"--as={subject}", check=False)
+    assert got.returncode != 0 and "Forbidden" in got.stderr, got.stdout + got.stderr
+    patched = cluster.kubectl("label", "configmap", name, "-n", namespace, "x=y", f"--as={subject}", check=False)
+    assert patched.returncode != 0 and "Forbidden" in patched.stderr, patched.stdout + patched.stderr
 
 
 # --- every object, validated by the apiserver -----------------------------------------------

@@ -4,8 +4,10 @@ at an HTTPS token service on loopback and keeps the credentials fresh in their S
 This file covers what every kind shares, against a scripted service that records each request
 (`peers/recorder.py`): the wire of an RFC 8693 exchange, the issuer's endpoint policy, the
 client-credentials label, refresh at the credentials' real expiry, failure classes with backoff and
-kept credentials, and the per-host request budget. The real peers (OpenBao, Dex, MinIO) are in
-`test_exchange_peers.py`.
+kept credentials, and the per-host request budget; and the wire of the kinds whose services have no
+local build (Entra ID, Google's STS and IAM Credentials, the latter read back by the real
+google-auth). The real peers are in `test_exchange_peers.py` (Dex, MinIO),
+`test_exchange_openbao.py` and `test_exchange_keycloak.py`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+import google.auth
+import google.auth.transport.requests
+import jwt
 import pytest
+import requests
 
 from conftest import REPO_ROOT, Cluster, wait_for
 from fedid_harness import (
@@ -29,6 +35,8 @@ from fedid_harness import (
     fedid_binary,
     get_json,
     install_chart_service_account,
+    jwks_for,
+    jwts_in,
     secret_data,
     verify_token,
     wait_for_reason,
@@ -84,7 +92,8 @@ def operator(cluster: Cluster, service: tuple[Recorder, Script, str]) -> Iterato
             "issuerURL": running.issuer_url(ISSUER),
             "signing": {"prepublishPeriod": "0s"},
             "allowedNamespaces": {"names": [TEAM]},
-            "exchange": {"allowedEndpoints": [f"{recorder.url}/allowed/"]},
+            "exchange": {"allowedEndpoints": [f"{recorder.url}/allowed/"],
+                         "privateKeyJWTClientIDs": ["ci-{namespace}"]},
         },
     }
     wait_for("the issuer to be accepted", lambda: cluster.apply(json.dumps(issuer)).returncode == 0)
@@ -95,7 +104,7 @@ def operator(cluster: Cluster, service: tuple[Recorder, Script, str]) -> Iterato
         running.stop()
         cluster.kubectl("delete", "identityissuer", ISSUER, "--wait=false", check=False)
         logs = running.logs()
-        assert "eyJ" not in logs, "a JWT appeared in the operator's logs"
+        assert not jwts_in(logs), f"a JWT appeared in the operator's logs: {jwts_in(logs)}"
         assert "at-" not in logs and "client-pass" not in logs, "credentials appeared in the logs"
 
 
@@ -233,6 +242,52 @@ def test_only_labelled_client_secrets_are_sent(
     cluster.kubectl("delete", "fid", "wrong-key", "-n", TEAM)
 
 
+def test_private_key_jwt_signs_a_client_assertion_only_for_the_namespaces_client(
+    cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str]
+) -> None:
+    recorder, script, ca = service
+    script.handler = lambda _: Reply(200, {"access_token": "at-pkjwt", "token_type": "Bearer", "expires_in": 600})
+    token_url = f"{recorder.url}/allowed/token"
+    # The issuer lets namespace TEAM authenticate as `ci-<namespace>` only.
+    cluster.apply(identity("other-client", ca, token_url, clientAuth={"clientID": "ci-elsewhere", "privateKeyJWT": {}}))
+    found = wait_for_reason(cluster, TEAM, "other-client", "ClientIDNotAllowed")
+    assert "privateKeyJWTClientIDs" in condition(found)["message"]
+    assert condition(found)["status"] == "False"
+
+    name = "assertion"
+    client_id = f"ci-{TEAM}"
+    cluster.apply(identity(name, ca, token_url, clientAuth={"clientID": client_id, "privateKeyJWT": {}}))
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=60s")
+    assert requests_for(recorder, "other-client") == [], "an assertion for a client the issuer forbids was sent"
+    [sent] = requests_for(recorder, name)
+    form = sent.form
+    assert "authorization" not in sent.headers and "client_secret" not in form
+    assert form["client_id"] == client_id
+    assert form["client_assertion_type"] == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    # The assertion verifies against the issuer's served JWKS, names the client as iss and sub
+    # (RFC 7523 §3), is for the token endpoint, lives a minute, and is not the subject token.
+    jwks = jwks_for(operator, operator.issuer_url(ISSUER))
+    keys = {key.key_id: key for key in jwt.PyJWKSet.from_dict(jwks).keys}
+    header = jwt.get_unverified_header(form["client_assertion"])
+    assertion = jwt.decode(form["client_assertion"], keys[header["kid"]].key, algorithms=[header["alg"]],
+                           audience=token_url, issuer=client_id,
+                           options={"require": ["exp", "iat", "iss", "sub", "aud", "jti"]})
+    assert assertion["sub"] == client_id
+    assert assertion["exp"] - assertion["iat"] == 60
+    subject = verify_token(operator, form["subject_token"], operator.issuer_url(ISSUER), "token-service")
+    assert assertion["jti"] != subject["jti"]
+    assert secret_data(cluster, TEAM, f"{name}-token")["decoded"]["access-token"] == "at-pkjwt"
+
+    # An explicit audience replaces the token endpoint (servers such as Keycloak accept their issuer).
+    cluster.apply(identity(name, ca, token_url, clientAuth={
+        "clientID": client_id, "privateKeyJWT": {"audience": "https://realm.example"}}))
+    second = wait_for("a second exchange after the spec change", lambda: (
+        seen[1] if len(seen := requests_for(recorder, name)) > 1 else None), timeout=30)
+    assert jwt.decode(second.form["client_assertion"], options={"verify_signature": False})["aud"] == "https://realm.example"
+    for gone in (name, "other-client"):
+        cluster.kubectl("delete", "fid", gone, "-n", TEAM)
+
+
 def test_failures_keep_valid_credentials_back_off_and_recover(
     cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str]
 ) -> None:
@@ -351,9 +406,30 @@ def test_the_request_budget_holds_at_the_service_and_every_identity_is_issued(
         ({"vault": {"address": "https://v.example", "role": "r"}, "timeout": "5m"}, "timeout must be between 1s and 1m"),
         ({"vault": {"address": "https://v.example", "role": "r"}, "caBundle": "not pem"}, "caBundle must hold PEM"),
         ({"oauth2": {"tokenURL": "https://a.example/t", "clientAuth": {"clientID": "c"}}},
-         "clientAuth must set clientSecret"),
+         "clientAuth must set exactly one of clientSecret, privateKeyJWT"),
+        ({"oauth2": {"tokenURL": "https://a.example/t", "clientAuth": {
+            "clientID": "c", "privateKeyJWT": {}, "clientSecret": {"secretRef": {"name": "s"}}}}},
+         "clientAuth must set exactly one of clientSecret, privateKeyJWT"),
         ({"azure": {"tenantID": "a/b", "clientID": "c", "scope": "s"}}, "tenantID"),
         ({"azure": {"tenantID": "t", "clientID": "c"}}, "scope"),
+        ({"azure": {"clientID": "c", "scope": "s"}}, "azure must set tenantID (or a whole tokenURL)"),
+        ({"gcp": {"audience": "projects/1/providers/p"}}, "gcp.audience must be a provider resource name"),
+        ({"vault": {"address": "https://v.example", "role": "r"}, "caBundle": "-----BEGIN CERTIFICATE-----",
+          "caBundleRef": {"name": "ca"}}, "exchange must not set both caBundle and caBundleRef"),
+        ({"gcp": {"audience": "//iam.googleapis.com/p", "impersonationURL": "https://iam.example/x"}},
+         "gcp.impersonationURL needs serviceAccountEmail"),
+        ({"gcp": {"audience": "//iam.googleapis.com/p", "tokenLifetimeSeconds": 1200}},
+         "gcp.tokenLifetimeSeconds needs serviceAccountEmail"),
+        ({"gcp": {"audience": "//iam.googleapis.com/p", "serviceAccountEmail": "ci@p.iam.gserviceaccount.com",
+                  "tokenLifetimeSeconds": 60}}, "tokenLifetimeSeconds"),
+        ({"gcp": {"audience": "//iam.googleapis.com/p", "serviceAccountEmail": "not-an-email"}},
+         "serviceAccountEmail"),
+        ({"gcp": {"audience": "//iam.googleapis.com/p"}, "vault": {"address": "https://v.example", "role": "r"}},
+         "exchange must set exactly one of oauth2, vault, aws, azure, gcp"),
+        ({"azure": {"tenantID": "t", "clientID": "c", "scope": "s", "tokenURL": "https://a.example/t",
+                    "authorityHost": "https://b.example"}}, "azure must not set both tokenURL and authorityHost"),
+        ({"azure": {"tenantID": "t", "clientID": "c", "scope": "s", "tokenURL": "http://a.example/t"}},
+         "tokenURL must be an https URL"),
     ],
 )
 def test_invalid_exchange_specs_are_rejected_at_apply_time(
@@ -378,6 +454,96 @@ def test_invalid_allowed_endpoints_are_rejected_at_apply_time(cluster: Cluster, 
     result = cluster.kubectl("apply", "-f", "-", input=manifest, check=False)
     assert result.returncode != 0
     assert "spec.exchange.allowedEndpoints[0]" in result.stderr, result.stderr
+
+
+def test_a_ca_bundle_from_a_labelled_configmap_is_trusted_and_no_other(
+    cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str]
+) -> None:
+    recorder, script, ca = service
+    script.handler = lambda _: Reply(200, {"access_token": "at-cm", "token_type": "Bearer", "expires_in": 600})
+    config_map = "token-service-ca"
+    cluster.kubectl("create", "configmap", config_map, "-n", TEAM, f"--from-literal=bundle.pem={ca}")
+
+    def with_ca_ref(name: str, reference: dict) -> str:
+        manifest = json.loads(identity(name, ca, f"{recorder.url}/allowed/token"))
+        del manifest["spec"]["exchange"]["caBundle"]
+        manifest["spec"]["exchange"]["caBundleRef"] = reference
+        return json.dumps(manifest)
+
+    # Without fedid's label the ConfigMap is not even in fedid's cache: nothing is sent.
+    name = "ca-from-configmap"
+    cluster.apply(with_ca_ref(name, {"name": config_map, "key": "bundle.pem"}))
+    found = wait_for_reason(cluster, TEAM, name, "CABundleNotFound")
+    assert 'fedid.dev/ca-bundle: "true"' in condition(found)["message"], condition(found)
+    assert requests_for(recorder, name) == []
+    # Labelling it is picked up at once (the label-filtered watch requeues the identity).
+    cluster.kubectl("label", "configmap", config_map, "-n", TEAM, "fedid.dev/ca-bundle=true")
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=30s")
+    assert len(requests_for(recorder, name)) == 1
+    assert secret_data(cluster, TEAM, f"{name}-token")["decoded"]["access-token"] == "at-cm"
+    # A key the ConfigMap lacks (the default is ca.crt) is reported with its name.
+    cluster.apply(with_ca_ref("ca-wrong-key", {"name": config_map}))
+    wrong = wait_for_reason(cluster, TEAM, "ca-wrong-key", "CABundleNotFound")
+    assert "ca.crt" in condition(wrong)["message"]
+    assert requests_for(recorder, "ca-wrong-key") == []
+    for gone in (name, "ca-wrong-key"):
+        cluster.kubectl("delete", "fid", gone, "-n", TEAM)
+    cluster.kubectl("delete", "configmap", config_map, "-n", TEAM)
+
+
+def test_without_the_subject_token_pods_get_only_the_credentials(
+    cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str]
+) -> None:
+    recorder, script, ca = service
+    counter = iter(range(1, 1000))
+    script.handler = lambda _: Reply(200, {"access_token": f"at-only-{next(counter)}", "token_type": "Bearer",
+                                           "expires_in": 40})
+    name = "credentials-only"
+    manifest = json.loads(identity(name, ca, f"{recorder.url}/allowed/token"))
+    manifest["spec"]["output"] = {"includeSubjectToken": False}
+    cluster.apply(json.dumps(manifest))
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=60s")
+    secret = secret_data(cluster, TEAM, f"{name}-token")
+    assert set(secret["decoded"]) == {"expires-at", "access-token", "token-type"}, "the signed token stays out"
+    unsigned = secret["metadata"]["annotations"]["fedid.dev/unsigned-token"]
+    [sent] = requests_for(recorder, name)
+    assert unsigned.endswith(".") and sent.form["subject_token"].startswith(unsigned), "header and claims, no signature"
+    with pytest.raises(jwt.InvalidTokenError):
+        verify_token(operator, unsigned, operator.issuer_url(ISSUER), "token-service")
+
+    # The unsigned token is enough to keep and renew: one refresh at 2/3 of the 40 s, not a loop.
+    wait_for("a refresh", lambda: secret_data(cluster, TEAM, f"{name}-token")["decoded"]["access-token"] == "at-only-2",
+             timeout=45)
+    assert len(requests_for(recorder, name)) == 2
+    # Asking for the token again writes it at once.
+    manifest["spec"]["output"] = {"includeSubjectToken": True}
+    cluster.apply(json.dumps(manifest))
+    back = wait_for("the token back in the Secret", lambda: (
+        s if "token" in (s := secret_data(cluster, TEAM, f"{name}-token"))["decoded"] else None), timeout=30)
+    assert "fedid.dev/unsigned-token" not in back["metadata"].get("annotations", {})
+    verify_token(operator, back["decoded"]["token"], operator.issuer_url(ISSUER), "token-service")
+    cluster.kubectl("delete", "fid", name, "-n", TEAM)
+
+
+@pytest.mark.parametrize(
+    ("exchange", "message"),
+    [
+        (None, "output.includeSubjectToken: false needs spec.exchange"),
+        ({"gcp": {"audience": "//iam.googleapis.com/p"}},
+         "output.includeSubjectToken: false cannot be used with exchange.gcp"),
+    ],
+)
+def test_dropping_the_subject_token_is_refused_where_it_is_needed(
+    cluster: Cluster, operator: Operator, exchange: dict | None, message: str
+) -> None:
+    spec: dict = {"audiences": ["a"], "output": {"includeSubjectToken": False}}
+    if exchange:
+        spec["exchange"] = exchange
+    manifest = json.dumps({"apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
+                           "metadata": {"name": "no-token", "namespace": TEAM}, "spec": spec})
+    result = cluster.kubectl("apply", "-f", "-", input=manifest, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
 
 
 def test_an_azure_exchange_sends_the_token_as_a_client_assertion(
@@ -414,8 +580,8 @@ def test_an_azure_exchange_sends_the_token_as_a_client_assertion(
 def test_a_vault_login_sends_the_role_and_token_and_keeps_the_lease(
     cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str]
 ) -> None:
-    # A wire test: OpenBao cannot be built here (the module proxy refuses its server module), so the
-    # recording service answers in Vault's JWT-auth login shape.
+    # A wire test of the request's exact shape (headers, mount path, namespace); the real OpenBao
+    # is in test_exchange_openbao.py.
     recorder, script, ca = service
     script.handler = lambda _: Reply(200, {"auth": {"client_token": "hvs.at-vault", "lease_duration": 40,
                                                     "renewable": True, "policies": ["ci"]}})
@@ -444,4 +610,122 @@ def test_a_vault_login_sends_the_role_and_token_and_keeps_the_lease(
                                             if s.path == "/allowed/v1/auth/ci/jwt/login"]) >= 2, timeout=45)
     logins = [seen for seen in recorder.requests if seen.path == "/allowed/v1/auth/ci/jwt/login"]
     assert 23 <= logins[1].at - logins[0].at <= 36, logins[1].at - logins[0].at
+    cluster.kubectl("delete", "fid", name, "-n", TEAM)
+
+
+GCP_PROVIDER = "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/ci/providers/fedid"
+GCP_ACCOUNT = "deployer@proj.iam.gserviceaccount.com"
+
+
+def test_a_gcp_exchange_trades_at_sts_then_impersonates_and_google_auth_reads_the_files(
+    cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A wire test: Google's STS and IAM Credentials have no local build, so the recording service
+    # answers in their shapes; then the real google-auth reads the files fedid wrote.
+    recorder, script, ca = service
+    sts_path, iam_path = "/allowed/sts/v1/token", f"/allowed/iam/v1/projects/-/serviceAccounts/{GCP_ACCOUNT}:generateAccessToken"
+    served = {"sts": 0, "iam": 0}
+
+    def answer(seen: Recorded) -> Reply:
+        if seen.path == sts_path:
+            served["sts"] += 1
+            return Reply(200, {"access_token": f"at-federated-{served['sts']}", "expires_in": 3600, "token_type": "Bearer",
+                               "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"})
+        if seen.path == iam_path:
+            served["iam"] += 1
+            # The service account's token lives 45 s: its expireTime, not the STS token's hour, decides.
+            expire = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 45))
+            return Reply(200, {"accessToken": f"at-account-{served['iam']}", "expireTime": expire})
+        return Reply(404, {"error": "unscripted"})
+
+    script.handler = answer
+    name = "gcp"
+    mount = tmp_path / "fedid"
+    mount.mkdir()
+    cluster.apply(json.dumps({
+        "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
+        "metadata": {"name": name, "namespace": TEAM},
+        "spec": {"issuerRef": ISSUER, "audiences": [GCP_PROVIDER], "lifetime": "10m", "exchange": {
+            "caBundle": ca,
+            "gcp": {"audience": GCP_PROVIDER, "serviceAccountEmail": GCP_ACCOUNT, "tokenLifetimeSeconds": 900,
+                    "scopes": ["https://www.googleapis.com/auth/devstorage.read_only"],
+                    "tokenURL": f"{recorder.url}{sts_path}", "impersonationURL": f"{recorder.url}{iam_path}",
+                    "mountPath": str(mount)},
+        }},
+    }))
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=60s")
+    [exchange] = [seen for seen in recorder.requests if seen.path == sts_path]
+    form = exchange.form
+    assert "authorization" not in exchange.headers, "STS authenticates the token, not a client"
+    assert form == {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "audience": GCP_PROVIDER,
+        "scope": "https://www.googleapis.com/auth/devstorage.read_only",
+        "requested_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "subject_token": form["subject_token"], "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+    }
+    claims = verify_token(operator, form["subject_token"], operator.issuer_url(ISSUER), GCP_PROVIDER)
+    assert claims["identity"] == name
+    [impersonation] = [seen for seen in recorder.requests if seen.path == iam_path]
+    assert impersonation.headers["authorization"] == "Bearer at-federated-1"
+    assert impersonation.headers["content-type"] == "application/json"
+    assert impersonation.json == {"scope": ["https://www.googleapis.com/auth/devstorage.read_only"], "lifetime": "900s"}
+    found = get_json(cluster, "fid", name, "-n", TEAM)
+    assert found["status"]["lastExchange"]["endpointHost"] == recorder.url.removeprefix("https://")
+    files = secret_data(cluster, TEAM, f"{name}-token")["decoded"]
+    assert files["access-token"] == "at-account-1" and files["token-type"] == "Bearer"
+    expires = files["expires-at"]
+    assert 0 < time.mktime(time.strptime(expires, "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(time.gmtime()) <= 46, expires
+
+    # The SDK's own path: GOOGLE_APPLICATION_CREDENTIALS=<mount>/external_account.json, reading the
+    # token file beside it, as a pod that mounts the Secret at mountPath does.
+    for key in ("token", "external_account.json"):
+        (mount / key).write_text(files[key])
+    config = json.loads(files["external_account.json"])
+    assert config["credential_source"] == {"file": str(mount / "token"), "format": {"type": "text"}}
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(mount / "external_account.json"))
+    credentials, _ = google.auth.default()
+    (tmp_path / "ca.pem").write_text(ca)
+    session = requests.Session()
+    session.trust_env = False  # REQUESTS_CA_BUNDLE in the environment would replace `verify`
+    session.verify = str(tmp_path / "ca.pem")
+    before = len(recorder.requests)
+    credentials.refresh(google.auth.transport.requests.Request(session))
+    assert credentials.token == "at-account-2"
+    sdk_sts, sdk_iam = recorder.requests[before], recorder.requests[before + 1]
+    assert (sdk_sts.path, sdk_iam.path) == (sts_path, iam_path)
+    assert sdk_sts.form["subject_token"] == files["token"] and sdk_sts.form["audience"] == GCP_PROVIDER
+    assert sdk_iam.headers["authorization"] == "Bearer at-federated-2"
+    assert sdk_iam.json["lifetime"] == "900s"
+
+    # Refresh: before the service account token's 45 s end, a fresh token goes through both steps.
+    wait_for("a refresh through STS and IAM", lambda: served["iam"] >= 3, timeout=45)
+    wait_for("the refreshed token in the Secret", lambda: secret_data(
+        cluster, TEAM, f"{name}-token")["decoded"]["access-token"] == "at-account-3", timeout=15)
+    fedid_sts = [seen for seen in recorder.requests if seen.path == sts_path and seen is not sdk_sts]
+    assert fedid_sts[1].form["subject_token"] != fedid_sts[0].form["subject_token"], "a fresh token each refresh"
+    cluster.kubectl("delete", "fid", name, "-n", TEAM)
+
+
+def test_a_gcp_impersonation_endpoint_the_issuer_does_not_allow_is_never_contacted(
+    cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str]
+) -> None:
+    recorder, script, ca = service
+    script.handler = lambda _: Reply(200, {"access_token": "at-federated", "expires_in": 3600})
+    name = "gcp-denied"
+    cluster.apply(json.dumps({
+        "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
+        "metadata": {"name": name, "namespace": TEAM},
+        "spec": {"issuerRef": ISSUER, "audiences": [GCP_PROVIDER], "lifetime": "10m", "exchange": {
+            "caBundle": ca,
+            "gcp": {"audience": GCP_PROVIDER, "serviceAccountEmail": GCP_ACCOUNT,
+                    "tokenURL": f"{recorder.url}/allowed/sts/v1/token",
+                    "impersonationURL": f"{recorder.url}/elsewhere/{GCP_ACCOUNT}:generateAccessToken"},
+        }},
+    }))
+    found = wait_for_reason(cluster, TEAM, name, "EndpointNotAllowed")
+    assert "/elsewhere/" in condition(found)["message"]
+    assert not [seen for seen in recorder.requests if seen.form.get("audience") == GCP_PROVIDER
+                and json.loads(base64.urlsafe_b64decode(seen.form["subject_token"].split(".")[1] + "==")).get(
+                    "identity") == name], "the STS was contacted although the second endpoint is not allowed"
     cluster.kubectl("delete", "fid", name, "-n", TEAM)

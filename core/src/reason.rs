@@ -151,10 +151,14 @@ reasons! {
     EndpointNotAllowed,
     /// FederatedIdentity: the client secret's Secret is missing or lacks `fedid.dev/client-credentials: "true"`.
     ClientSecretNotAllowed,
+    /// FederatedIdentity: the issuer's `spec.exchange.privateKeyJWTClientIDs` does not let the namespace use the client ID.
+    ClientIDNotAllowed,
     /// FederatedIdentity: the client secret's Secret lacks the referenced key.
     ClientSecretKeyMissing,
-    /// FederatedIdentity: `spec.exchange.caBundle` holds no valid PEM certificate.
+    /// FederatedIdentity: `spec.exchange.caBundle` (or the ConfigMap key `caBundleRef` names) holds no valid PEM certificate.
     InvalidCABundle,
+    /// FederatedIdentity: the ConfigMap `spec.exchange.caBundleRef` names is missing, lacks `fedid.dev/ca-bundle: "true"`, or lacks the key.
+    CABundleNotFound,
     /// FederatedIdentity: the token service refused the exchange (`invalid_grant`, `AccessDenied`, 401/403).
     ExchangeRejected,
     /// FederatedIdentity: the token service is unreachable, failing (5xx) or throttling (429).
@@ -328,8 +332,10 @@ mod tests {
                 "InvalidExchange",
                 "EndpointNotAllowed",
                 "ClientSecretNotAllowed",
+                "ClientIDNotAllowed",
                 "ClientSecretKeyMissing",
                 "InvalidCABundle",
+                "CABundleNotFound",
                 "ExchangeRejected",
                 "ExchangeUnavailable",
                 "ExchangeMalformed",

@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use fedid_core::{
     conditions::ready_condition,
+    crd::ExchangeSpec,
     crd::{FederatedIdentity, IdentityIssuer},
     credentials::secret::IDENTITY_LABEL,
-    exchange::CLIENT_CREDENTIALS_LABEL,
+    exchange::{CA_BUNDLE_LABEL, CLIENT_CREDENTIALS_LABEL},
     issuer::{key_store::ISSUER_LABEL, status::IssuerChange},
 };
 use futures::{StreamExt, stream};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::{
     Api, Client, ResourceExt,
     api::PartialObjectMeta,
@@ -103,7 +104,26 @@ pub async fn run_controllers(
             .ok()
             .map(|secret| (secret.namespace().unwrap_or_default(), secret.name_any()))
     });
+    // CA bundles for exchanges: only ConfigMaps labelled for fedid, the same way.
+    let (ca_bundles, ca_bundles_writer) = reflector::store::<ConfigMap>();
+    let ca_bundle_changes = watcher(
+        Api::<ConfigMap>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{CA_BUNDLE_LABEL}=true")),
+    )
+    .default_backoff()
+    .modify(|config_map| config_map.managed_fields_mut().clear())
+    .reflect(ca_bundles_writer)
+    .touched_objects()
+    .filter_map(|config_map| async move {
+        config_map.ok().map(|config_map| {
+            (
+                config_map.namespace().unwrap_or_default(),
+                config_map.name_any(),
+            )
+        })
+    });
     let mapping_store = identities.clone();
+    let ca_bundle_mapping_store = identities.clone();
     let namespace_mapping_store = identities.clone();
     let credentials_mapping_store = identities.clone();
     let identity_ctx = Arc::new(IdentityContext {
@@ -112,6 +132,7 @@ pub async fn run_controllers(
         secrets: OwnSecrets::new(secrets),
         namespaces,
         client_credentials,
+        ca_bundles,
         exchanger: Arc::new(Exchanger::new(
             ctx.settings.exchange_qps,
             ctx.settings.exchange_burst,
@@ -131,13 +152,22 @@ pub async fn run_controllers(
         }))
         .reconcile_on(
             client_credential_changes.flat_map(move |(namespace, secret)| {
-                stream::iter(identities_using_client_secret(
+                stream::iter(identities_referencing(
                     &credentials_mapping_store,
                     &namespace,
                     &secret,
+                    client_secret_name,
                 ))
             }),
         )
+        .reconcile_on(ca_bundle_changes.flat_map(move |(namespace, config_map)| {
+            stream::iter(identities_referencing(
+                &ca_bundle_mapping_store,
+                &namespace,
+                &config_map,
+                ca_bundle_name,
+            ))
+        }))
         .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
         .graceful_shutdown_on(stop.clone())
         .run(identity::reconcile, identity::error_policy, identity_ctx)
@@ -207,12 +237,28 @@ pub fn identities_in(
         .collect()
 }
 
-/// The identities in `namespace` whose exchange authenticates with the client secret in the
-/// Secret `secret`.
-pub fn identities_using_client_secret(
+/// The Secret an exchange takes its client secret from.
+pub fn client_secret_name(exchange: &ExchangeSpec) -> Option<&String> {
+    exchange
+        .client_secret_ref()
+        .map(|reference| &reference.name)
+}
+
+/// The ConfigMap an exchange takes its CA bundle from.
+pub fn ca_bundle_name(exchange: &ExchangeSpec) -> Option<&String> {
+    exchange
+        .ca_bundle_ref
+        .as_ref()
+        .map(|reference| &reference.name)
+}
+
+/// The identities in `namespace` whose exchange refers, through `reference`, to the object
+/// named `name` (the client secret's Secret, the CA bundle's ConfigMap).
+pub fn identities_referencing(
     identities: &Store<FederatedIdentity>,
     namespace: &str,
-    secret: &str,
+    name: &str,
+    reference: impl Fn(&ExchangeSpec) -> Option<&String>,
 ) -> Vec<ObjectRef<FederatedIdentity>> {
     identities
         .state()
@@ -223,8 +269,8 @@ pub fn identities_using_client_secret(
                 .spec
                 .exchange
                 .as_ref()
-                .and_then(|exchange| exchange.client_secret_ref())
-                .is_some_and(|reference| reference.name == secret)
+                .and_then(&reference)
+                .is_some_and(|referenced| referenced == name)
         })
         .map(|identity| ObjectRef::from_obj(identity.as_ref()))
         .collect()
@@ -329,5 +375,53 @@ mod tests {
         assert_eq!(names(identities_in(&store, "team-a")), ["one", "two"]);
         assert_eq!(names(identities_in(&store, "team-b")), ["elsewhere"]);
         assert!(identities_in(&store, "team-c").is_empty());
+    }
+
+    #[test]
+    fn a_labelled_secret_or_configmap_requeues_the_identities_referencing_it() {
+        let (store, mut writer) = reflector::store::<FederatedIdentity>();
+        let exchanging = |name: &str, namespace: &str, exchange: serde_json::Value| {
+            let mut object = identity(name, None);
+            object.metadata.namespace = Some(namespace.into());
+            object.spec.exchange = Some(serde_json::from_value(exchange).expect("exchange"));
+            object
+        };
+        let oauth2 = |secret: &str| {
+            json!({"oauth2": {"tokenURL": "https://a.example/t", "clientAuth": {
+                "clientID": "c", "clientSecret": {"secretRef": {"name": secret}}}}})
+        };
+        let with_ca = |config_map: &str| {
+            json!({"vault": {"address": "https://v.example", "role": "r"},
+                   "caBundleRef": {"name": config_map}})
+        };
+        for object in [
+            exchanging("uses-dex", "team-a", oauth2("dex")),
+            exchanging("uses-dex-elsewhere", "team-b", oauth2("dex")),
+            exchanging("uses-other", "team-a", oauth2("other")),
+            exchanging("trusts-ca", "team-a", with_ca("dex")),
+            identity("plain", None),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(object));
+        }
+        // The same name means a Secret to one reference and a ConfigMap to the other.
+        assert_eq!(
+            names(identities_referencing(
+                &store,
+                "team-a",
+                "dex",
+                client_secret_name
+            )),
+            ["uses-dex"]
+        );
+        assert_eq!(
+            names(identities_referencing(
+                &store,
+                "team-a",
+                "dex",
+                ca_bundle_name
+            )),
+            ["trusts-ca"]
+        );
+        assert!(identities_referencing(&store, "team-c", "dex", client_secret_name).is_empty());
     }
 }

@@ -16,13 +16,17 @@ const HTTPS_URL_RULE: &str = "isURL(self) && url(self).getScheme() == 'https' &&
 pub const ENDPOINT_PREFIX_PATTERN: &str = r"^https://[^/?#@\s]+([/?][^#\s]*)?$";
 
 /// Where and how fedid exchanges the identity's token for credentials. Set exactly one of
-/// `oauth2`, `vault`, `aws` and `azure`. The endpoint must start with one of the issuer's
+/// `oauth2`, `vault`, `aws`, `azure` and `gcp`. The endpoint must start with one of the issuer's
 /// `spec.exchange.allowedEndpoints`.
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[x_kube(crates(kube_core = "::kube_core"))]
 #[x_kube(
-    validation = Rule::new("(has(self.oauth2) ? 1 : 0) + (has(self.vault) ? 1 : 0) + (has(self.aws) ? 1 : 0) + (has(self.azure) ? 1 : 0) == 1")
-        .message("exchange must set exactly one of oauth2, vault, aws, azure")
+    validation = Rule::new("(has(self.oauth2) ? 1 : 0) + (has(self.vault) ? 1 : 0) + (has(self.aws) ? 1 : 0) + (has(self.azure) ? 1 : 0) + (has(self.gcp) ? 1 : 0) == 1")
+        .message("exchange must set exactly one of oauth2, vault, aws, azure, gcp")
+)]
+#[x_kube(
+    validation = Rule::new("!(has(self.caBundle) && has(self.caBundleRef))")
+        .message("exchange must not set both caBundle and caBundleRef")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ExchangeSpec {
@@ -45,6 +49,12 @@ pub struct ExchangeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azure: Option<AzureExchange>,
 
+    /// Google Cloud workload identity federation: the STS token exchange, then optionally a
+    /// service account's access token. Writes `access-token`, `token-type`,
+    /// `external_account.json` and `expires-at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcp: Option<GcpExchange>,
+
     /// PEM certificates trusted for the endpoint's TLS, in addition to the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 65536))]
@@ -53,6 +63,13 @@ pub struct ExchangeSpec {
             .message("caBundle must hold PEM certificates")
     )]
     pub ca_bundle: Option<String>,
+
+    /// A key of a ConfigMap in the identity's namespace holding the PEM certificates trusted for
+    /// the endpoint's TLS besides the system roots, instead of `caBundle`: for a bundle another
+    /// tool keeps current. The ConfigMap must carry the label `fedid.dev/ca-bundle: "true"`
+    /// (fedid watches only ConfigMaps so labelled); a change to it applies at the next exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_ref: Option<ConfigMapKeyRef>,
 
     /// How long one exchange request may take, for example `10s` (default `10s`, at most `1m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,12 +144,12 @@ pub struct OAuth2Exchange {
     pub client_auth: Option<ClientAuth>,
 }
 
-/// OAuth client authentication.
+/// OAuth client authentication: set exactly one of `clientSecret` and `privateKeyJWT`.
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[x_kube(crates(kube_core = "::kube_core"))]
 #[x_kube(
-    validation = Rule::new("has(self.clientSecret)")
-        .message("clientAuth must set clientSecret")
+    validation = Rule::new("has(self.clientSecret) != has(self.privateKeyJWT)")
+        .message("clientAuth must set exactly one of clientSecret, privateKeyJWT")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClientAuth {
@@ -145,6 +162,27 @@ pub struct ClientAuth {
     /// `fedid.dev/client-credentials: "true"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret: Option<ClientSecretAuth>,
+
+    /// RFC 7523 `private_key_jwt`: a client assertion (`iss` and `sub` the client ID) signed by
+    /// the issuer's own key, so no client secret exists. The client ID must be allowed by the
+    /// issuer's `spec.exchange.privateKeyJWTClientIDs`.
+    #[serde(
+        default,
+        rename = "privateKeyJWT",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_key_jwt: Option<PrivateKeyJwtAuth>,
+}
+
+/// A client assertion signed with the issuer's current key, sent as `client_assertion`.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct PrivateKeyJwtAuth {
+    /// The assertion's `aud` (default: the `tokenURL`; some servers want their issuer URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub audience: Option<String>,
 }
 
 /// A client secret sent with HTTP Basic authentication or in the form body.
@@ -190,6 +228,25 @@ pub struct SecretKeyRef {
 
 fn default_client_secret_key() -> String {
     "client-secret".to_owned()
+}
+
+/// A key of a ConfigMap in the identity's namespace.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    /// Name of the ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Key in the ConfigMap's data (default `ca.crt`).
+    #[serde(default = "default_ca_bundle_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_ca_bundle_key() -> String {
+    "ca.crt".to_owned()
 }
 
 /// Vault or OpenBao JWT auth: `POST <address>/v1/auth/<authMount>/login` with the token as
@@ -268,15 +325,24 @@ pub struct AwsExchange {
 }
 
 /// Entra ID client credentials with a federated client assertion:
-/// `POST <authorityHost>/<tenantID>/oauth2/v2.0/token`.
+/// `POST <authorityHost>/<tenantID>/oauth2/v2.0/token`, or `POST <tokenURL>` for another server
+/// that takes the same grant.
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[x_kube(crates(kube_core = "::kube_core"))]
+#[x_kube(
+    validation = Rule::new("!(has(self.tokenURL) && has(self.authorityHost))")
+        .message("azure must not set both tokenURL and authorityHost")
+)]
+#[x_kube(
+    validation = Rule::new("has(self.tenantID) || has(self.tokenURL)")
+        .message("azure must set tenantID (or a whole tokenURL)")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct AzureExchange {
-    /// The directory (tenant) ID or domain.
-    #[serde(rename = "tenantID")]
+    /// The directory (tenant) ID or domain; required unless `tokenURL` is set.
+    #[serde(rename = "tenantID", default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9.-]+$"))]
-    pub tenant_id: String,
+    pub tenant_id: Option<String>,
 
     /// The application (client) ID whose federated credential trusts fedid's issuer.
     #[serde(rename = "clientID")]
@@ -292,6 +358,78 @@ pub struct AzureExchange {
     #[schemars(length(min = 9, max = 2048))]
     #[x_kube(validation = Rule::new(HTTPS_URL_RULE).message("authorityHost must be an https URL with a host and no user information"))]
     pub authority_host: Option<String>,
+
+    /// The whole token endpoint, instead of the one `authorityHost` and `tenantID` make: for
+    /// servers that take the same grant at another path (AD FS, Keycloak's federated client
+    /// authentication). Excludes `authorityHost`.
+    #[serde(rename = "tokenURL", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new(HTTPS_URL_RULE).message("tokenURL must be an https URL with a host and no user information"))]
+    pub token_url: Option<String>,
+}
+
+/// Google Cloud workload identity federation: `POST <tokenURL>` (Google's STS) trades the token
+/// for a federated access token; with `serviceAccountEmail`, `POST <impersonationURL>` then
+/// trades that for the service account's access token.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[x_kube(
+    validation = Rule::new("!has(self.impersonationURL) || has(self.serviceAccountEmail)")
+        .message("gcp.impersonationURL needs serviceAccountEmail")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.tokenLifetimeSeconds) || has(self.serviceAccountEmail)")
+        .message("gcp.tokenLifetimeSeconds needs serviceAccountEmail")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GcpExchange {
+    /// The workload identity pool provider, for example
+    /// `//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/ci/providers/fedid`.
+    #[schemars(length(min = 3, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('//')").message("gcp.audience must be a provider resource name starting with //"))]
+    pub audience: String,
+
+    /// OAuth scopes of the access token (default `https://www.googleapis.com/auth/cloud-platform`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 256), regex(pattern = r"^[!#-\[\]-~]+$"))
+    )]
+    pub scopes: Vec<String>,
+
+    /// The service account to impersonate; without it the federated token itself is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 254), regex(pattern = r"^[^@/\s]+@[^@/\s]+$"))]
+    pub service_account_email: Option<String>,
+
+    /// Lifetime of the service account's token in seconds, 600 to 43200 (default Google's, 3600;
+    /// more than 3600 needs Google's lifetime-extension organisation policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 600, max = 43200))]
+    pub token_lifetime_seconds: Option<u32>,
+
+    /// The STS token endpoint (default `https://sts.googleapis.com/v1/token`).
+    #[serde(rename = "tokenURL", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new(HTTPS_URL_RULE).message("gcp.tokenURL must be an https URL with a host and no user information"))]
+    pub token_url: Option<String>,
+
+    /// The service account's `generateAccessToken` URL (default
+    /// `https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/<email>:generateAccessToken`).
+    #[serde(
+        rename = "impersonationURL",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new(HTTPS_URL_RULE).message("gcp.impersonationURL must be an https URL with a host and no user information"))]
+    pub impersonation_url: Option<String>,
+
+    /// Directory where pods mount the Secret; `external_account.json` reads the token from
+    /// `<mountPath>/token` (default `/var/run/secrets/fedid`).
+    #[serde(default = "default_mount_path")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/[A-Za-z0-9_./-]*$"))]
+    pub mount_path: String,
 }
 
 /// Where pods are documented to mount an identity's Secret.
@@ -316,4 +454,19 @@ pub struct ExchangePolicy {
     )]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub allowed_endpoints: Vec<String>,
+
+    /// Client IDs an identity may authenticate as with `clientAuth.privateKeyJWT`, that is
+    /// with an assertion this issuer signs; `{namespace}` stands for the identity's namespace,
+    /// for example `ci-{namespace}`. Every client that trusts this issuer's keys for client
+    /// authentication must be listed with a pattern that ties it to its namespace, or any
+    /// allowed namespace could authenticate as it. When empty, no identity may use
+    /// `privateKeyJWT`.
+    #[serde(
+        default,
+        rename = "privateKeyJWTClientIDs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub private_key_jwt_client_ids: Vec<String>,
 }

@@ -53,6 +53,14 @@ pub const MAX_AUDIENCES: usize = 10;
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(
+    validation = Rule::new("!has(self.output) || !has(self.output.includeSubjectToken) || self.output.includeSubjectToken || has(self.exchange)")
+        .message("output.includeSubjectToken: false needs spec.exchange: without one the token is the only credential")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.output) || !has(self.output.includeSubjectToken) || self.output.includeSubjectToken || !has(self.exchange) || !has(self.exchange.gcp)")
+        .message("output.includeSubjectToken: false cannot be used with exchange.gcp: its external_account.json reads the token file")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct FederatedIdentitySpec {
     /// Name of the IdentityIssuer that signs the token. When omitted, the issuer annotated
@@ -98,6 +106,33 @@ pub struct FederatedIdentitySpec {
     /// issuer's `spec.exchange.allowedEndpoints`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exchange: Option<ExchangeSpec>,
+
+    /// What the Secret holds besides the exchanged credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputSpec>,
+}
+
+/// The output Secret's contents.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct OutputSpec {
+    /// Whether the Secret keeps the signed token under `token` (default `true`). Set `false`
+    /// when pods need only the exchanged credentials, so the token that bought them never
+    /// reaches the pods; fedid then keeps the token's header and claims without its signature
+    /// in the annotation `fedid.dev/unsigned-token`, to decide renewals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_subject_token: Option<bool>,
+}
+
+impl FederatedIdentitySpec {
+    /// Whether the Secret holds the signed token.
+    pub fn includes_subject_token(&self) -> bool {
+        self.output
+            .as_ref()
+            .and_then(|output| output.include_subject_token)
+            .unwrap_or(true)
+    }
 }
 
 /// Observed state of a FederatedIdentity.

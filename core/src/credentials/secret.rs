@@ -22,6 +22,18 @@ pub const IDENTITY_LABEL: &str = "fedid.dev/identity";
 /// Annotation naming the key (`kid`) that signed the token in the Secret.
 pub const KEY_ID_ANNOTATION: &str = "fedid.dev/key-id";
 
+/// Annotation holding the token without its signature (`header.claims.`), when the identity's
+/// `output.includeSubjectToken` is `false`: enough to decide renewals, useless as a credential.
+pub const UNSIGNED_TOKEN_ANNOTATION: &str = "fedid.dev/unsigned-token";
+
+/// `jwt` with its signature removed: the header and claims segments and an empty signature.
+pub fn unsigned_token(jwt: &str) -> String {
+    match jwt.rfind('.') {
+        Some(end) => jwt[..=end].to_owned(),
+        None => String::new(),
+    }
+}
+
 /// Longest Kubernetes label value.
 const MAX_LABEL_VALUE_LENGTH: usize = 63;
 

@@ -175,8 +175,8 @@ mod tests {
     use crate::{
         crd::ExchangePolicy,
         exchange::{
-            Reply, build_request, parse_reply,
-            tests::{at, spec, token, validated},
+            Reply, build_request,
+            tests::{at, parse_one, spec, token, validated},
             validate,
         },
         reason::{Failure, Reason},
@@ -242,8 +242,9 @@ mod tests {
         );
         let policy = ExchangePolicy {
             allowed_endpoints: vec!["https://sts.amazonaws.com".into()],
+            ..ExchangePolicy::default()
         };
-        let error = validate(&bad, "ci", Some(&policy)).expect_err("bad placeholder");
+        let error = validate(&bad, "ci", "team", Some(&policy)).expect_err("bad placeholder");
         assert_eq!(error.reason(), Reason::InvalidExchange);
         assert!(error.to_string().contains("aws.sessionName"), "{error}");
     }
@@ -264,7 +265,7 @@ mod tests {
     <SessionToken>tok&amp;en</SessionToken><Expiration>2027-01-15T08:15:00.123Z</Expiration>
   </Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"#;
         let exchanged =
-            parse_reply(&exchange(), &token(), &reply(200, body), at(1_800_000_000)).expect("ok");
+            parse_one(&exchange(), &token(), &reply(200, body), at(1_800_000_000)).expect("ok");
         assert_eq!(
             exchanged.expires_at,
             "2027-01-15T08:15:00.123Z".parse::<Timestamp>().expect("ts")
@@ -309,7 +310,7 @@ mod tests {
             (200, "<x/>".to_owned(), Reason::ExchangeMalformed, None),
             (200, "<AccessKeyId>a</AccessKeyId><SecretAccessKey>b</SecretAccessKey><SessionToken>c</SessionToken><Expiration>later</Expiration>".to_owned(), Reason::ExchangeMalformed, None),
         ] {
-            let error = parse_reply(&exchange(), &token(), &reply(status, &body), at(0))
+            let error = parse_one(&exchange(), &token(), &reply(status, &body), at(0))
                 .expect_err("an error");
             assert_eq!(error.reason(), reason, "{status} {body}");
             assert_eq!(error.upstream_code(), code, "{status} {body}");

@@ -16,14 +16,18 @@ pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// `client_assertion_type` of a JWT client assertion.
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
-/// The token endpoint of `spec`.
+/// The token endpoint of `spec`: its `tokenURL`, or the tenant's endpoint at the authority.
 pub(crate) fn token_url(spec: &AzureExchange) -> String {
+    if let Some(url) = &spec.token_url {
+        return url.clone();
+    }
     let authority = spec
         .authority_host
         .as_deref()
         .unwrap_or(DEFAULT_AUTHORITY_HOST)
         .trim_end_matches('/');
-    format!("{authority}/{}/oauth2/v2.0/token", spec.tenant_id)
+    let tenant = spec.tenant_id.as_deref().unwrap_or_default();
+    format!("{authority}/{tenant}/oauth2/v2.0/token")
 }
 
 /// The form of the grant with `jwt` as the client assertion.
@@ -74,8 +78,8 @@ mod tests {
     use super::*;
     use crate::{
         exchange::{
-            Reply, Requester, build_request, parse_reply,
-            tests::{at, token, validated},
+            Reply, Requester, build_request,
+            tests::{at, parse_one, token, validated},
         },
         reason::{Failure, Reason},
     };
@@ -119,6 +123,26 @@ mod tests {
     }
 
     #[test]
+    fn a_token_url_replaces_the_authority_path() {
+        let custom = validated(json!({"azure": {
+            "clientID": "azure-app", "scope": "openid",
+            "tokenURL": "https://kc.example.com/realms/fedid/protocol/openid-connect/token"
+        }}));
+        assert_eq!(
+            custom.endpoint.url(),
+            "https://kc.example.com/realms/fedid/protocol/openid-connect/token"
+        );
+        let sovereign = validated(json!({"azure": {
+            "tenantID": "t", "clientID": "c", "scope": "s",
+            "authorityHost": "https://login.microsoftonline.us/"
+        }}));
+        assert_eq!(
+            sovereign.endpoint.url(),
+            "https://login.microsoftonline.us/t/oauth2/v2.0/token"
+        );
+    }
+
+    #[test]
     fn replies_are_judged() {
         let now = at(1_800_000_000);
         let reply = |status, body: serde_json::Value| Reply::Response {
@@ -126,7 +150,7 @@ mod tests {
             retry_after: None,
             body: serde_json::to_vec(&body).expect("json"),
         };
-        let ok = parse_reply(
+        let ok = parse_one(
             &exchange(),
             &token(),
             &reply(
@@ -165,7 +189,7 @@ mod tests {
                 None,
             ),
         ] {
-            let error = parse_reply(&exchange(), &token(), &reply(status, body.clone()), now)
+            let error = parse_one(&exchange(), &token(), &reply(status, body.clone()), now)
                 .expect_err("an error");
             assert_eq!(error.reason(), reason, "{status} {body}");
             assert_eq!(error.upstream_code(), code, "{status} {body}");

@@ -4,18 +4,22 @@
 //! the reply; nothing here performs I/O.
 //!
 //! Kinds: [`oauth2`] (RFC 8693), [`vault`] (Vault/OpenBao JWT auth), [`aws`] (STS
-//! AssumeRoleWithWebIdentity) and [`azure`] (Entra client credentials with a federated assertion).
+//! AssumeRoleWithWebIdentity), [`azure`] (Entra client credentials with a federated assertion)
+//! and [`gcp`] (Google's STS, then optionally a service account's token: the one kind that
+//! sends a second request, which the reply to the first decides).
 
 pub mod aws;
 pub mod azure;
 pub mod endpoint;
+pub mod gcp;
 pub mod oauth2;
 mod reply;
 pub mod vault;
 
 use std::fmt;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -32,6 +36,9 @@ pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// Label that marks a Secret whose client credentials fedid may send to a token endpoint.
 pub const CLIENT_CREDENTIALS_LABEL: &str = "fedid.dev/client-credentials";
 
+/// Label that marks a ConfigMap whose CA bundle fedid may trust for an exchange endpoint.
+pub const CA_BUNDLE_LABEL: &str = "fedid.dev/ca-bundle";
+
 /// Longest upstream error code kept for status and Events.
 const MAX_CODE_LENGTH: usize = 64;
 
@@ -46,6 +53,8 @@ pub enum ExchangeKind {
     Aws,
     /// Entra ID client credentials with the token as client assertion.
     Azure,
+    /// Google Cloud STS, then optionally service account impersonation.
+    Gcp,
 }
 
 impl ExchangeKind {
@@ -56,6 +65,7 @@ impl ExchangeKind {
             Self::Vault => "vault",
             Self::Aws => "aws",
             Self::Azure => "azure",
+            Self::Gcp => "gcp",
         }
     }
 }
@@ -65,47 +75,94 @@ impl ExchangeKind {
 pub struct ValidatedExchange {
     /// The kind.
     pub kind: ExchangeKind,
-    /// The URL the request goes to.
+    /// The URL the (first) request goes to.
     pub endpoint: Endpoint,
+    /// The URL of the second request, when the kind sends one (GCP service account
+    /// impersonation).
+    pub impersonation: Option<Endpoint>,
     /// The spec as written (each kind's builder reads its own part).
     pub spec: ExchangeSpec,
     /// The client secret to send, if the kind authenticates with one.
     pub client_secret: Option<SecretKeyRef>,
+    /// The client assertion to sign for each request, if the client authenticates with
+    /// `privateKeyJWT`.
+    pub client_assertion: Option<ClientAssertion>,
     /// Request timeout.
     pub timeout: std::time::Duration,
     /// A digest of the spec, stored on the Secret so a spec change re-exchanges.
     pub spec_digest: String,
 }
 
-/// Checks `spec` against the issuer `issuer`'s `policy` and resolves its defaults.
+/// Checks `spec` of an identity in `namespace` against the issuer `issuer`'s `policy` and
+/// resolves its defaults.
 pub fn validate(
     spec: &ExchangeSpec,
     issuer: &str,
+    namespace: &str,
     policy: Option<&ExchangePolicy>,
 ) -> Result<ValidatedExchange, ExchangeError> {
-    let (kind, url) = match (&spec.oauth2, &spec.vault, &spec.aws, &spec.azure) {
-        (Some(oauth2), None, None, None) => (ExchangeKind::OAuth2, oauth2.token_url.clone()),
-        (None, Some(vault), None, None) => (ExchangeKind::Vault, vault::login_url(vault)),
-        (None, None, Some(aws), None) => (ExchangeKind::Aws, aws::endpoint_url(aws)),
-        (None, None, None, Some(azure)) => (ExchangeKind::Azure, azure::token_url(azure)),
-        _ => return Err(ExchangeError::NotExactlyOneKind),
+    let (kind, url, second_url) =
+        match (&spec.oauth2, &spec.vault, &spec.aws, &spec.azure, &spec.gcp) {
+            (Some(oauth2), None, None, None, None) => {
+                (ExchangeKind::OAuth2, oauth2.token_url.clone(), None)
+            }
+            (None, Some(vault), None, None, None) => {
+                (ExchangeKind::Vault, vault::login_url(vault), None)
+            }
+            (None, None, Some(aws), None, None) => {
+                (ExchangeKind::Aws, aws::endpoint_url(aws), None)
+            }
+            (None, None, None, Some(azure), None) => {
+                (ExchangeKind::Azure, azure::token_url(azure), None)
+            }
+            (None, None, None, None, Some(gcp)) => (
+                ExchangeKind::Gcp,
+                gcp::token_url(gcp),
+                gcp::impersonation_url(gcp),
+            ),
+            _ => return Err(ExchangeError::NotExactlyOneKind),
+        };
+    // Every URL a request may go to is checked against the admin's policy.
+    let allowed_endpoint = |url: String| {
+        let endpoint = Endpoint::parse(&url).map_err(|problem| ExchangeError::InvalidEndpoint {
+            url: url.clone(),
+            problem,
+        })?;
+        let allowed = policy
+            .map(|policy| policy.allowed_endpoints.as_slice())
+            .unwrap_or_default();
+        if allowed.iter().any(|prefix| endpoint.starts_with(prefix)) {
+            Ok(endpoint)
+        } else {
+            Err(ExchangeError::EndpointNotAllowed {
+                url,
+                issuer: issuer.to_owned(),
+            })
+        }
     };
-    let endpoint = Endpoint::parse(&url).map_err(|problem| ExchangeError::InvalidEndpoint {
-        url: url.clone(),
-        problem,
-    })?;
-    let allowed = policy
-        .map(|policy| policy.allowed_endpoints.as_slice())
-        .unwrap_or_default();
-    if !allowed.iter().any(|prefix| endpoint.starts_with(prefix)) {
-        return Err(ExchangeError::EndpointNotAllowed {
-            url,
-            issuer: issuer.to_owned(),
-        });
-    }
+    let endpoint = allowed_endpoint(url)?;
+    let impersonation = second_url.map(allowed_endpoint).transpose()?;
     if let Some(aws) = &spec.aws {
         aws::check(aws)?;
     }
+    let client_assertion = client_assertion(spec, &endpoint)
+        .map(|assertion| {
+            let patterns = policy
+                .map(|policy| policy.private_key_jwt_client_ids.as_slice())
+                .unwrap_or_default();
+            let allowed = patterns
+                .iter()
+                .any(|pattern| pattern.replace("{namespace}", namespace) == assertion.client_id);
+            if allowed {
+                Ok(assertion)
+            } else {
+                Err(ExchangeError::ClientIdNotAllowed {
+                    client_id: assertion.client_id,
+                    issuer: issuer.to_owned(),
+                })
+            }
+        })
+        .transpose()?;
     let timeout = spec
         .timeout
         .map_or(DEFAULT_TIMEOUT, |timeout| timeout.to_std());
@@ -113,11 +170,82 @@ pub fn validate(
     Ok(ValidatedExchange {
         kind,
         endpoint,
+        impersonation,
         spec: spec.clone(),
         client_secret: spec.client_secret_ref().cloned(),
+        client_assertion,
         timeout,
         spec_digest: hex(&digest[..12]),
     })
+}
+
+/// The assertion `spec` authenticates with, when its client uses `privateKeyJWT`; its audience
+/// defaults to the token endpoint (RFC 7523 §3).
+fn client_assertion(spec: &ExchangeSpec, endpoint: &Endpoint) -> Option<ClientAssertion> {
+    let auth = spec.oauth2.as_ref()?.client_auth.as_ref()?;
+    let private_key_jwt = auth.private_key_jwt.as_ref()?;
+    Some(ClientAssertion {
+        client_id: auth.client_id.clone(),
+        audience: private_key_jwt
+            .audience
+            .clone()
+            .unwrap_or_else(|| endpoint.url().to_owned()),
+    })
+}
+
+/// How long a client assertion is valid: it is signed for one request, sent at once.
+pub const CLIENT_ASSERTION_LIFETIME: SignedDuration = SignedDuration::from_secs(60);
+
+/// An RFC 7523 client assertion to sign: fedid authenticates as `client_id` with the issuer's
+/// key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientAssertion {
+    /// The client ID, both `iss` and `sub`.
+    pub client_id: String,
+    /// The `aud`: the token endpoint, or the audience the spec names.
+    pub audience: String,
+}
+
+impl ClientAssertion {
+    /// The claims of the assertion issued at `now` (whole seconds) with token ID `jti`: `iss`
+    /// and `sub` the client ID, `aud`, `iat` and `nbf`, `exp` [`CLIENT_ASSERTION_LIFETIME`]
+    /// later, `jti`.
+    pub fn claims(&self, now: Timestamp, jti: &str) -> Map<String, Value> {
+        let issued_at = now.as_second();
+        let expires_at = issued_at.saturating_add(CLIENT_ASSERTION_LIFETIME.as_secs());
+        let claims = json!({
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": self.audience,
+            "iat": issued_at,
+            "nbf": issued_at,
+            "exp": expires_at,
+            "jti": jti,
+        });
+        match claims {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+}
+
+/// What proves the OAuth client's identity in one request: the client secret's value, or a
+/// signed assertion. Its `Debug` output shows neither.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ClientCredential {
+    /// The value of the referenced client secret.
+    Secret(String),
+    /// A signed `private_key_jwt` assertion.
+    Assertion(String),
+}
+
+impl fmt::Debug for ClientCredential {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Secret(_) => formatter.write_str("Secret(<redacted>)"),
+            Self::Assertion(_) => formatter.write_str("Assertion(<redacted>)"),
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -173,12 +301,28 @@ impl fmt::Debug for RequestBody {
     }
 }
 
+/// Which request of an exchange a request or reply is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The exchange of the token itself, the only request of most kinds.
+    Exchange,
+    /// GCP: the federated token traded for a service account's token.
+    Impersonation,
+}
+
+impl Stage {
+    /// The most requests one exchange sends.
+    pub const MAX_REQUESTS: usize = 2;
+}
+
 /// One HTTP POST to a token service. Its `Debug` output shows no header or parameter value,
 /// since they carry the token and client secrets.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ExchangeRequest {
     /// The kind, for metrics.
     pub kind: ExchangeKind,
+    /// Which request of the exchange this is; its reply is judged by it.
+    pub stage: Stage,
     /// The full URL.
     pub url: String,
     /// Host and port, for the request budget, metrics and status.
@@ -199,6 +343,7 @@ impl fmt::Debug for ExchangeRequest {
         formatter
             .debug_struct("ExchangeRequest")
             .field("kind", &self.kind)
+            .field("stage", &self.stage)
             .field("url", &self.url)
             .field("headers", &header_names)
             .field("parameters", &parameters)
@@ -214,24 +359,26 @@ pub fn client_secret_value(value: &[u8]) -> Option<String> {
         .map(|text| text.trim_end_matches(['\r', '\n']).to_owned())
 }
 
-/// Builds the request of `exchange` for `token`. `client_secret` is the value of the
-/// referenced key, when the exchange has one.
+/// Builds the request of `exchange` for `token`. `client` is the value of the referenced
+/// client secret or the signed client assertion, when the exchange has one.
 pub fn build_request(
     exchange: &ValidatedExchange,
     token: &Minted,
-    client_secret: Option<&str>,
+    client: Option<&ClientCredential>,
     requester: Requester<'_>,
 ) -> ExchangeRequest {
     let spec = &exchange.spec;
-    let (headers, body) = match (&spec.oauth2, &spec.vault, &spec.aws, &spec.azure) {
-        (Some(oauth2), ..) => oauth2::request(oauth2, &token.jwt, client_secret),
+    let (headers, body) = match (&spec.oauth2, &spec.vault, &spec.aws, &spec.azure, &spec.gcp) {
+        (Some(oauth2), ..) => oauth2::request(oauth2, &token.jwt, client),
         (_, Some(vault), ..) => vault::request(vault, &token.jwt),
-        (_, _, Some(aws), _) => aws::request(aws, &token.jwt, requester),
-        (_, _, _, Some(azure)) => azure::request(azure, &token.jwt),
-        (None, None, None, None) => (Vec::new(), RequestBody::Form(Vec::new())),
+        (_, _, Some(aws), ..) => aws::request(aws, &token.jwt, requester),
+        (_, _, _, Some(azure), _) => azure::request(azure, &token.jwt),
+        (.., Some(gcp)) => gcp::request(gcp, &token.jwt),
+        (None, None, None, None, None) => (Vec::new(), RequestBody::Form(Vec::new())),
     };
     ExchangeRequest {
         kind: exchange.kind,
+        stage: Stage::Exchange,
         url: exchange.endpoint.url().to_owned(),
         host: exchange.endpoint.host().to_owned(),
         headers,
@@ -322,14 +469,28 @@ pub struct Exchanged {
     pub spec_digest: String,
 }
 
-/// Interprets `reply` to `exchange`'s request for `token` at `now`.
+/// What a successful reply leads to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The credentials.
+    Done(Exchanged),
+    /// Another request to send, whose reply decides (at most [`Stage::MAX_REQUESTS`] in all).
+    Next(ExchangeRequest),
+}
+
+/// Interprets `reply` to the `stage` request of `exchange` for `token`, received at `now`.
 pub fn parse_reply(
     exchange: &ValidatedExchange,
     token: &Minted,
+    stage: Stage,
     reply: &Reply,
     now: Timestamp,
-) -> Result<Exchanged, ExchangeError> {
-    let host = exchange.endpoint.host();
+) -> Result<Step, ExchangeError> {
+    let endpoint = match (stage, &exchange.impersonation) {
+        (Stage::Impersonation, Some(impersonation)) => impersonation,
+        _ => &exchange.endpoint,
+    };
+    let host = endpoint.host();
     let (status, retry_after, body) = match reply {
         Reply::Response {
             status,
@@ -346,21 +507,37 @@ pub fn parse_reply(
         }
     };
     let spec = &exchange.spec;
-    let outcome = match (&spec.oauth2, &spec.vault, &spec.aws, &spec.azure) {
-        (Some(_), ..) => oauth2::parse(status, body, token, now),
-        (_, Some(_), ..) => vault::parse(status, body, token, now),
-        (_, _, Some(aws), _) => aws::parse(aws, status, body),
-        (_, _, _, Some(_)) => azure::parse(status, body, now),
-        (None, None, None, None) => Err(Upstream::Malformed("no exchange kind")),
+    let issued = |(files, expires_at)| gcp::Parsed::Issued(files, expires_at);
+    let outcome = match (&spec.oauth2, &spec.vault, &spec.aws, &spec.azure, &spec.gcp) {
+        (Some(_), ..) => oauth2::parse(status, body, token, now).map(issued),
+        (_, Some(_), ..) => vault::parse(status, body, token, now).map(issued),
+        (_, _, Some(aws), ..) => aws::parse(aws, status, body).map(issued),
+        (_, _, _, Some(_), _) => azure::parse(status, body, now).map(issued),
+        (.., Some(gcp)) => gcp::parse(gcp, stage == Stage::Impersonation, status, body, now),
+        (None, None, None, None, None) => Err(Upstream::Malformed("no exchange kind")),
     };
-    match outcome {
-        Ok((files, expires_at)) => Ok(Exchanged {
+    match (outcome, &exchange.impersonation) {
+        (Ok(gcp::Parsed::Issued(files, expires_at)), _) => Ok(Step::Done(Exchanged {
             files,
             expires_at,
             host: host.to_owned(),
             spec_digest: exchange.spec_digest.clone(),
-        }),
-        Err(upstream) => Err(upstream.into_error(host, status, retry_after, now)),
+        })),
+        (Ok(gcp::Parsed::Impersonate(headers, body)), Some(next)) => {
+            Ok(Step::Next(ExchangeRequest {
+                kind: exchange.kind,
+                stage: Stage::Impersonation,
+                url: next.url().to_owned(),
+                host: next.host().to_owned(),
+                headers,
+                body,
+            }))
+        }
+        (Ok(gcp::Parsed::Impersonate(..)), None) => Err(Upstream::Malformed(
+            "a second request without an impersonation endpoint",
+        )
+        .into_error(host, status, retry_after, now)),
+        (Err(upstream), _) => Err(upstream.into_error(host, status, retry_after, now)),
     }
 }
 
@@ -473,7 +650,7 @@ pub fn without_exchange(token: Minted) -> Credentials {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ExchangeError {
     /// The spec sets no kind, or several (the CRD's CEL rule normally prevents it).
-    #[error("spec.exchange must set exactly one of oauth2, vault, aws, azure")]
+    #[error("spec.exchange must set exactly one of oauth2, vault, aws, azure, gcp")]
     NotExactlyOneKind,
     /// The endpoint URL cannot be used.
     #[error("exchange endpoint {url:?} is invalid: {problem}")]
@@ -513,6 +690,17 @@ pub enum ExchangeError {
         /// The Secret name.
         secret: String,
     },
+    /// The issuer does not let this namespace authenticate as the client with `privateKeyJWT`.
+    #[error(
+        "client ID {client_id:?} may not authenticate with privateKeyJWT: IdentityIssuer {issuer} \
+         does not list it (for this namespace) in spec.exchange.privateKeyJWTClientIDs"
+    )]
+    ClientIdNotAllowed {
+        /// The client ID.
+        client_id: String,
+        /// The issuer.
+        issuer: String,
+    },
     /// The referenced key is missing or not UTF-8.
     #[error("client secret Secret {secret} has no UTF-8 key {key}")]
     ClientSecretKeyMissing {
@@ -524,6 +712,19 @@ pub enum ExchangeError {
     /// `caBundle` holds no usable certificate.
     #[error("spec.exchange.caBundle holds no valid PEM certificate")]
     InvalidCaBundle,
+    /// The ConfigMap `caBundleRef` names is not available to fedid, or lacks the key.
+    #[error(
+        "CA bundle ConfigMap {config_map} in namespace {namespace} does not exist, lacks the \
+         label fedid.dev/ca-bundle: \"true\", or has no key {key}"
+    )]
+    CaBundleNotFound {
+        /// The identity's namespace.
+        namespace: String,
+        /// The ConfigMap name.
+        config_map: String,
+        /// The key.
+        key: String,
+    },
     /// The service refused the request.
     #[error("{host} rejected the exchange (HTTP {status}{})", code_suffix(code.as_deref()))]
     Rejected {
@@ -591,8 +792,10 @@ impl Failure for ExchangeError {
             | Self::InvalidSetting { .. } => Reason::InvalidExchange,
             Self::EndpointNotAllowed { .. } => Reason::EndpointNotAllowed,
             Self::ClientSecretNotAllowed { .. } => Reason::ClientSecretNotAllowed,
+            Self::ClientIdNotAllowed { .. } => Reason::ClientIDNotAllowed,
             Self::ClientSecretKeyMissing { .. } => Reason::ClientSecretKeyMissing,
             Self::InvalidCaBundle => Reason::InvalidCABundle,
+            Self::CaBundleNotFound { .. } => Reason::CABundleNotFound,
             Self::Rejected { .. } => Reason::ExchangeRejected,
             Self::Unavailable { .. } => Reason::ExchangeUnavailable,
             Self::Malformed { .. } => Reason::ExchangeMalformed,
@@ -644,6 +847,20 @@ pub(crate) mod tests {
     fn policy(prefixes: &[&str]) -> ExchangePolicy {
         ExchangePolicy {
             allowed_endpoints: prefixes.iter().map(|prefix| (*prefix).to_owned()).collect(),
+            private_key_jwt_client_ids: vec!["ci-{namespace}".into(), "shared".into()],
+        }
+    }
+
+    /// The verdict on the reply to a one-request exchange.
+    pub(crate) fn parse_one(
+        exchange: &ValidatedExchange,
+        token: &Minted,
+        reply: &Reply,
+        now: Timestamp,
+    ) -> Result<Exchanged, ExchangeError> {
+        match parse_reply(exchange, token, Stage::Exchange, reply, now)? {
+            Step::Done(exchanged) => Ok(exchanged),
+            Step::Next(request) => panic!("a second request: {request:?}"),
         }
     }
 
@@ -659,8 +876,11 @@ pub(crate) mod tests {
             "https://sts.amazonaws.com",
             "https://sts.eu-west-1.amazonaws.com",
             "https://login.microsoftonline.com",
+            "https://login.microsoftonline.us",
+            "https://sts.googleapis.com/v1/",
+            "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/",
         ];
-        validate(&spec(value), "ci", Some(&policy(&hosts))).expect("valid exchange")
+        validate(&spec(value), "ci", "team", Some(&policy(&hosts))).expect("valid exchange")
     }
 
     #[test]
@@ -673,12 +893,13 @@ pub(crate) mod tests {
             vec!["https://sts.example.com.evil.net/"],
             vec!["https://other.example.com/"],
         ] {
-            let error = validate(&oauth2, "ci", Some(&policy(&allowed))).expect_err("refused");
+            let error =
+                validate(&oauth2, "ci", "team", Some(&policy(&allowed))).expect_err("refused");
             assert_eq!(error.reason(), Reason::EndpointNotAllowed, "{allowed:?}");
             assert_eq!(error.retry(), Retry::WaitForChange);
         }
         assert_eq!(
-            validate(&oauth2, "ci", None)
+            validate(&oauth2, "ci", "team", None)
                 .expect_err("no policy")
                 .reason(),
             Reason::EndpointNotAllowed
@@ -688,7 +909,7 @@ pub(crate) mod tests {
             "https://sts.example.com/",
             "https://sts.example.com/token",
         ] {
-            validate(&oauth2, "ci", Some(&policy(&[allowed]))).expect(allowed);
+            validate(&oauth2, "ci", "team", Some(&policy(&[allowed]))).expect(allowed);
         }
     }
 
@@ -697,10 +918,90 @@ pub(crate) mod tests {
         let error = validate(
             &spec(json!({})),
             "ci",
+            "team",
             Some(&policy(&["https://a.example"])),
         )
         .expect_err("no kind");
         assert_eq!(error.reason(), Reason::InvalidExchange);
+    }
+
+    #[test]
+    fn private_key_jwt_needs_a_client_id_the_issuer_ties_to_the_namespace() {
+        let with_client = |client_id: &str, audience: Option<&str>| {
+            let mut auth = json!({"clientID": client_id, "privateKeyJWT": {}});
+            if let Some(audience) = audience {
+                auth["privateKeyJWT"]["audience"] = json!(audience);
+            }
+            spec(
+                json!({"oauth2": {"tokenURL": "https://kc.example.com/realms/ci/token", "clientAuth": auth}}),
+            )
+        };
+        let allowed = policy(&["https://kc.example.com"]);
+        let ok = validate(&with_client("ci-team", None), "ci", "team", Some(&allowed))
+            .expect("ci-{namespace} in namespace team");
+        assert_eq!(
+            ok.client_assertion,
+            Some(ClientAssertion {
+                client_id: "ci-team".into(),
+                audience: "https://kc.example.com/realms/ci/token".into(),
+            })
+        );
+        let named = validate(
+            &with_client("shared", Some("https://kc.example.com/realms/ci")),
+            "ci",
+            "team",
+            Some(&allowed),
+        )
+        .expect("a literal client ID");
+        assert_eq!(
+            named.client_assertion.map(|assertion| assertion.audience),
+            Some("https://kc.example.com/realms/ci".into())
+        );
+        // Another namespace's client, a pattern's raw text, or no list at all: refused.
+        for (client_id, namespace) in [
+            ("ci-other", "team"),
+            ("ci-team", "other"),
+            ("ci-{namespace}", "team"),
+        ] {
+            let error = validate(
+                &with_client(client_id, None),
+                "ci",
+                namespace,
+                Some(&allowed),
+            )
+            .expect_err("not allowed");
+            assert_eq!(error.reason(), Reason::ClientIDNotAllowed, "{client_id}");
+            assert_eq!(error.retry(), Retry::WaitForChange);
+        }
+        let mut without_list = allowed.clone();
+        without_list.private_key_jwt_client_ids.clear();
+        let error = validate(
+            &with_client("ci-team", None),
+            "ci",
+            "team",
+            Some(&without_list),
+        )
+        .expect_err("no list");
+        assert_eq!(error.reason(), Reason::ClientIDNotAllowed);
+    }
+
+    #[test]
+    fn a_client_assertion_is_short_lived_and_names_the_client_twice() {
+        let assertion = ClientAssertion {
+            client_id: "ci-team".into(),
+            audience: "https://kc.example.com/token".into(),
+        };
+        let claims = assertion.claims(at(1_800_000_000), "jti-1");
+        assert_eq!(
+            Value::Object(claims),
+            json!({
+                "iss": "ci-team", "sub": "ci-team", "aud": "https://kc.example.com/token",
+                "iat": 1_800_000_000, "nbf": 1_800_000_000, "exp": 1_800_000_060,
+                "jti": "jti-1"
+            })
+        );
+        let credential = ClientCredential::Assertion("header.payload.signature".into());
+        assert_eq!(format!("{credential:?}"), "Assertion(<redacted>)");
     }
 
     #[test]
@@ -725,7 +1026,7 @@ pub(crate) mod tests {
         let request = build_request(
             &exchange,
             &token(),
-            Some("hunter2"),
+            Some(&ClientCredential::Secret("hunter2".into())),
             Requester {
                 namespace: "ci",
                 name: "deploy",
@@ -770,7 +1071,7 @@ pub(crate) mod tests {
         let exchange =
             validated(json!({"vault": {"address": "https://vault.example.com:8200", "role": "a"}}));
         for transport in [Transport::Timeout, Transport::Connect, Transport::Other] {
-            let error = parse_reply(&exchange, &token(), &Reply::NoResponse(transport), at(0))
+            let error = parse_one(&exchange, &token(), &Reply::NoResponse(transport), at(0))
                 .expect_err("no credentials");
             assert_eq!(error.reason(), Reason::ExchangeUnavailable);
             assert_eq!(error.retry(), Retry::Backoff);

@@ -5,7 +5,8 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use jiff::Timestamp;
 
 use super::{
-    OutputFile, RequestBody, Upstream,
+    ClientCredential, OutputFile, RequestBody, Upstream,
+    azure::JWT_BEARER_ASSERTION,
     reply::{after, expires_in, form_encode, jwt_expiry_or, oauth_reply, string_field},
 };
 use crate::{
@@ -26,11 +27,12 @@ pub const TOKEN_TYPE_KEY: &str = "token-type";
 /// Secret key of `issued_token_type`.
 pub const ISSUED_TOKEN_TYPE_KEY: &str = "issued-token-type";
 
-/// Headers and form of the exchange of `subject_token`.
+/// Headers and form of the exchange of `subject_token`, with the client's secret or signed
+/// assertion in `client`.
 pub(crate) fn request(
     spec: &OAuth2Exchange,
     subject_token: &str,
-    client_secret: Option<&str>,
+    client: Option<&ClientCredential>,
 ) -> (Vec<(String, String)>, RequestBody) {
     let mut form = vec![
         ("grant_type".to_owned(), GRANT_TYPE.to_owned()),
@@ -63,19 +65,32 @@ pub(crate) fn request(
     );
     let mut headers = Vec::new();
     if let Some(auth) = &spec.client_auth {
-        match (&auth.client_secret, client_secret) {
-            (Some(secret), Some(value)) if secret.method == ClientSecretMethod::Basic => {
+        let basic = auth
+            .client_secret
+            .as_ref()
+            .is_none_or(|secret| secret.method == ClientSecretMethod::Basic);
+        match client {
+            Some(ClientCredential::Secret(value)) if basic => {
                 let pair = format!("{}:{}", form_encode(&auth.client_id), form_encode(value));
                 headers.push((
                     "Authorization".to_owned(),
                     format!("Basic {}", STANDARD.encode(pair)),
                 ));
             }
-            (Some(_), Some(value)) => {
+            Some(ClientCredential::Secret(value)) => {
                 form.push(("client_id".to_owned(), auth.client_id.clone()));
-                form.push(("client_secret".to_owned(), value.to_owned()));
+                form.push(("client_secret".to_owned(), value.clone()));
             }
-            _ => form.push(("client_id".to_owned(), auth.client_id.clone())),
+            // RFC 7523 §2.2; client_id is optional there, and some servers want it.
+            Some(ClientCredential::Assertion(assertion)) => {
+                form.push(("client_id".to_owned(), auth.client_id.clone()));
+                form.push((
+                    "client_assertion_type".to_owned(),
+                    JWT_BEARER_ASSERTION.to_owned(),
+                ));
+                form.push(("client_assertion".to_owned(), assertion.clone()));
+            }
+            None => form.push(("client_id".to_owned(), auth.client_id.clone())),
         }
     }
     (headers, RequestBody::Form(form))
@@ -123,8 +138,8 @@ mod tests {
     use super::*;
     use crate::{
         exchange::{
-            ExchangeError, Reply, Requester, build_request, parse_reply,
-            tests::{at, token, validated},
+            ExchangeError, Reply, Requester, build_request,
+            tests::{at, parse_one, token, validated},
         },
         reason::{Failure, Reason},
     };
@@ -153,7 +168,8 @@ mod tests {
             "extraParameters": {"connector_id": "fedid"},
             "clientAuth": {"clientID": "ci app", "clientSecret": {"secretRef": {"name": "dex"}}}
         }}));
-        let request = build_request(&exchange, &token(), Some("s3cr:t"), REQUESTER);
+        let secret = ClientCredential::Secret("s3cr:t".into());
+        let request = build_request(&exchange, &token(), Some(&secret), REQUESTER);
         assert_eq!(request.url, "https://dex.example.com/token");
         assert_eq!(request.host, "dex.example.com");
         let pairs = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
@@ -197,7 +213,12 @@ mod tests {
             "tokenURL": "https://kc.example.com/token",
             "clientAuth": {"clientID": "app", "clientSecret": {"secretRef": {"name": "c"}, "method": "post"}}
         }}));
-        let request = build_request(&post, &token(), Some("pw"), REQUESTER);
+        let request = build_request(
+            &post,
+            &token(),
+            Some(&ClientCredential::Secret("pw".into())),
+            REQUESTER,
+        );
         assert!(request.headers.is_empty());
         let form = form_of(&request);
         assert!(form.contains(&("client_id".into(), "app".into())));
@@ -210,6 +231,30 @@ mod tests {
         let none = validated(json!({"oauth2": {"tokenURL": "https://kc.example.com/token"}}));
         let form = form_of(&build_request(&none, &token(), None, REQUESTER));
         assert!(!form.iter().any(|(name, _)| name.starts_with("client_")));
+    }
+
+    #[test]
+    fn private_key_jwt_sends_the_assertion_and_no_secret() {
+        let exchange = validated(json!({"oauth2": {
+            "tokenURL": "https://kc.example.com/token",
+            "clientAuth": {"clientID": "ci-team", "privateKeyJWT": {}}
+        }}));
+        let assertion = ClientCredential::Assertion("a.b.c".into());
+        let request = build_request(&exchange, &token(), Some(&assertion), REQUESTER);
+        assert!(request.headers.is_empty());
+        let form = form_of(&request);
+        for pair in [
+            ("client_id", "ci-team"),
+            ("client_assertion_type", JWT_BEARER_ASSERTION),
+            ("client_assertion", "a.b.c"),
+            ("subject_token", "header.payload.signature"),
+        ] {
+            assert!(
+                form.contains(&(pair.0.into(), pair.1.into())),
+                "{pair:?} in {form:?}"
+            );
+        }
+        assert!(!form.iter().any(|(name, _)| name == "client_secret"));
     }
 
     fn reply(status: u16, body: serde_json::Value) -> Reply {
@@ -227,7 +272,7 @@ mod tests {
     #[test]
     fn a_success_yields_the_files_and_the_real_expiry() {
         let now = at(1_800_000_000);
-        let exchanged = parse_reply(
+        let exchanged = parse_one(
             &exchange(),
             &token(),
             &reply(
@@ -250,7 +295,7 @@ mod tests {
         assert_eq!(exchanged.host, "dex.example.com");
 
         // Without expires_in, an opaque token lasts as long as the subject token.
-        let opaque = parse_reply(
+        let opaque = parse_one(
             &exchange(),
             &token(),
             &reply(200, json!({"access_token": "at", "token_type": "Bearer"})),
@@ -264,7 +309,7 @@ mod tests {
     fn errors_are_classified() {
         let now = at(1_800_000_000);
         let classify = |status, body| {
-            parse_reply(&exchange(), &token(), &reply(status, body), now).expect_err("an error")
+            parse_one(&exchange(), &token(), &reply(status, body), now).expect_err("an error")
         };
         for (status, body, reason, code) in [
             (

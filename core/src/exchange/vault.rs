@@ -88,8 +88,8 @@ mod tests {
     use super::*;
     use crate::{
         exchange::{
-            Reply, Requester, build_request, parse_reply,
-            tests::{at, token, validated},
+            Reply, Requester, build_request,
+            tests::{at, parse_one, token, validated},
         },
         reason::{Failure, Reason},
     };
@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn a_login_yields_the_token_and_its_lease() {
         let now = at(1_800_000_000);
-        let exchanged = parse_reply(
+        let exchanged = parse_one(
             &exchange(),
             &token(),
             &reply(200, json!({"auth": {"client_token": "s.abc", "lease_duration": 1200, "renewable": true}})),
@@ -153,7 +153,7 @@ mod tests {
         assert_eq!(exchanged.expires_at, at(1_800_001_200));
         assert_eq!(exchanged.files[0].key, VAULT_TOKEN_KEY);
         assert_eq!(exchanged.files[0].value, b"s.abc");
-        let forever = parse_reply(
+        let forever = parse_one(
             &exchange(),
             &token(),
             &reply(
@@ -192,7 +192,7 @@ mod tests {
                 None,
             ),
         ] {
-            let error = parse_reply(&exchange(), &token(), &reply(status, body.clone()), now)
+            let error = parse_one(&exchange(), &token(), &reply(status, body.clone()), now)
                 .expect_err("an error");
             assert_eq!(error.reason(), reason, "{status} {body}");
             assert_eq!(error.upstream_code(), code, "{status} {body}");

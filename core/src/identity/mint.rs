@@ -4,6 +4,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::{
     credentials::token::Minted,
+    exchange::ClientAssertion,
     identity::validate::ValidatedIdentity,
     issuer::keys::{KeyError, Signer},
     reason::{Failure, Reason, Retry},
@@ -59,4 +60,17 @@ pub fn mint(
         issued_at,
         expires_at: plus(issued_at, lifetime),
     })
+}
+
+/// Signs the `private_key_jwt` client `assertion` for one request issued at `now` with token
+/// ID `jti`, with the same key as the token it goes with.
+pub fn sign_client_assertion(
+    assertion: &ClientAssertion,
+    signer: &Signer,
+    now: Timestamp,
+    jti: &str,
+) -> Result<String, MintError> {
+    signer
+        .sign(&assertion.claims(whole_seconds(now), jti))
+        .map_err(MintError::Signing)
 }

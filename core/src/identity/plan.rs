@@ -10,7 +10,7 @@ use crate::{
     credentials::{
         secret::{
             CREDENTIALS_EXPIRE_AT_ANNOTATION, EXCHANGE_DIGEST_ANNOTATION, Ownership, TOKEN_KEY,
-            ownership,
+            UNSIGNED_TOKEN_ANNOTATION, ownership,
         },
         token::decode_unverified,
     },
@@ -144,6 +144,9 @@ pub struct StoredToken {
     pub renew_at: Timestamp,
     /// The exchanged credentials stored beside it, if any.
     pub credentials: Option<StoredCredentials>,
+    /// Whether the Secret holds the signed token (else only its unsigned form, in an
+    /// annotation).
+    pub signed: bool,
 }
 
 /// What fedid recorded about the exchanged credentials in a Secret.
@@ -169,10 +172,22 @@ impl StoredCredentials {
 }
 
 impl StoredToken {
-    /// Decodes the token in `secret`; `None` when there is none or it is unreadable.
+    /// Decodes the token in `secret` (the signed one in its data, else the unsigned one in its
+    /// annotation); `None` when there is none or it is unreadable.
     pub fn read(secret: &Secret, uid: &str, margin: SignedDuration) -> Option<Self> {
-        let bytes = secret.data.as_ref()?.get(TOKEN_KEY)?;
-        let jwt = std::str::from_utf8(&bytes.0).ok()?;
+        let signed = secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get(TOKEN_KEY))
+            .map(|bytes| std::str::from_utf8(&bytes.0).ok());
+        let jwt = match signed {
+            Some(jwt) => jwt?,
+            None => secret
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(UNSIGNED_TOKEN_ANNOTATION)?,
+        };
         let decoded = decode_unverified(jwt).ok()?;
         let key_id = decoded.key_id()?.to_owned();
         let issued_at = decoded.issued_at()?;
@@ -189,13 +204,15 @@ impl StoredToken {
             key_id,
             issued_at,
             expires_at,
+            signed: signed.is_some(),
         })
     }
 }
 
 /// Whether the exchanged credentials beside a token that can stay can stay too: they must
 /// exist exactly when the identity has an exchange, come from the same exchange spec, and not
-/// be due (the stored `renew_at` already accounts for their expiry).
+/// be due (the stored `renew_at` already accounts for their expiry); and the Secret must hold
+/// the signed token exactly when `output.includeSubjectToken` asks for it.
 fn exchange_decision(
     identity: &ValidatedIdentity,
     stored: &StoredToken,
@@ -203,6 +220,9 @@ fn exchange_decision(
     now: Timestamp,
 ) -> ReissueDecision {
     let reissue = |reason| ReissueDecision::Reissue { reason };
+    if stored.signed != identity.include_subject_token {
+        return reissue(ReissueReason::SpecChanged);
+    }
     match (&identity.exchange, &stored.credentials) {
         (None, None) => ReissueDecision::Keep { renew_at },
         (None, Some(_)) => reissue(ReissueReason::SpecChanged),
@@ -553,6 +573,7 @@ mod tests {
     fn exchanging(world: &mut World, role: &str) -> ValidatedIdentity {
         world.issuer.spec.exchange = Some(crate::crd::ExchangePolicy {
             allowed_endpoints: vec!["https://bao.example.com/".into()],
+            ..crate::crd::ExchangePolicy::default()
         });
         world.identity.spec.exchange = Some(
             serde_json::from_value(
@@ -685,6 +706,60 @@ mod tests {
         assert_eq!(
             data[crate::credentials::secret::EXPIRES_AT_KEY].0,
             b"2027-01-15T08:15:00Z"
+        );
+    }
+
+    #[test]
+    fn without_the_subject_token_the_unsigned_one_decides_and_a_toggle_rewrites() {
+        let mut world = World::new();
+        let mut validated = exchanging(&mut world, "deploy");
+        validated.include_subject_token = false;
+        let minted = mint(&validated, &world.signer, at(T0), "jti-1").expect("mint");
+        let exchanged = crate::exchange::Exchanged {
+            files: Vec::new(),
+            expires_at: at(T0 + 3600),
+            host: "bao.example.com".into(),
+            spec_digest: validated
+                .exchange
+                .as_ref()
+                .map(|exchange| exchange.spec_digest.clone())
+                .unwrap_or_default(),
+        };
+        let credentials = Credentials {
+            token: minted.clone(),
+            exchanged: Some(exchanged),
+        };
+        let secret = render_secret(&validated, &credentials);
+        let data = secret.data.as_ref().expect("data");
+        assert!(!data.contains_key(TOKEN_KEY), "the signed token stays out");
+        let annotations = secret.metadata.annotations.as_ref().expect("annotations");
+        let unsigned = &annotations[UNSIGNED_TOKEN_ANNOTATION];
+        assert!(unsigned.ends_with('.') && minted.jwt.starts_with(unsigned.as_str()));
+        assert!(unsigned.len() < minted.jwt.len(), "no signature");
+        let Ok(Plan::Keep(kept)) = plan(
+            &validated,
+            Some(&secret),
+            &world.published(),
+            at(T0 + 1),
+            MARGIN,
+        ) else {
+            panic!("the unsigned token is enough to keep");
+        };
+        assert_eq!(kept.expires_at, minted.expires_at);
+        // Asking for the signed token again rewrites the Secret.
+        validated.include_subject_token = true;
+        assert_eq!(
+            plan(
+                &validated,
+                Some(&secret),
+                &world.published(),
+                at(T0 + 1),
+                MARGIN
+            ),
+            Ok(Plan::Issue {
+                reason: ReissueReason::SpecChanged,
+                secret_exists: true
+            })
         );
     }
 }

@@ -11,7 +11,8 @@ use crate::{
     crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE},
     credentials::secret::{
         CREDENTIALS_EXPIRE_AT_ANNOTATION, EXCHANGE_DIGEST_ANNOTATION, EXPIRES_AT_KEY,
-        IDENTITY_LABEL, KEY_ID_ANNOTATION, TOKEN_KEY, identity_label_value,
+        IDENTITY_LABEL, KEY_ID_ANNOTATION, TOKEN_KEY, UNSIGNED_TOKEN_ANNOTATION,
+        identity_label_value, unsigned_token,
     },
     exchange::Credentials,
     identity::validate::ValidatedIdentity,
@@ -19,7 +20,8 @@ use crate::{
 };
 
 /// The render phase: the Secret of `identity` holding `credentials`: type `Opaque`, data keys
-/// [`TOKEN_KEY`] and [`EXPIRES_AT_KEY`] plus the exchange's files, fedid's labels, the signing
+/// [`TOKEN_KEY`] (or, without the subject token, the [`UNSIGNED_TOKEN_ANNOTATION`]) and
+/// [`EXPIRES_AT_KEY`] plus the exchange's files, fedid's labels, the signing
 /// key's ID (and for an exchange, the spec digest and the credentials' expiry) as annotations,
 /// and a controller owner reference to the identity so the Secret is garbage-collected with it.
 pub fn render_secret(identity: &ValidatedIdentity, credentials: &Credentials) -> Secret {
@@ -32,20 +34,25 @@ pub fn render_secret(identity: &ValidatedIdentity, credentials: &Credentials) ->
         ),
     ]);
     let mut annotations = BTreeMap::from([(KEY_ID_ANNOTATION.to_owned(), token.key_id.clone())]);
-    let mut data = BTreeMap::from([
-        (
+    let mut data = BTreeMap::from([(
+        EXPIRES_AT_KEY.to_owned(),
+        ByteString(
+            whole_seconds(credentials.expires_at())
+                .to_string()
+                .into_bytes(),
+        ),
+    )]);
+    if identity.include_subject_token {
+        data.insert(
             TOKEN_KEY.to_owned(),
             ByteString(token.jwt.as_bytes().to_vec()),
-        ),
-        (
-            EXPIRES_AT_KEY.to_owned(),
-            ByteString(
-                whole_seconds(credentials.expires_at())
-                    .to_string()
-                    .into_bytes(),
-            ),
-        ),
-    ]);
+        );
+    } else {
+        annotations.insert(
+            UNSIGNED_TOKEN_ANNOTATION.to_owned(),
+            unsigned_token(&token.jwt),
+        );
+    }
     if let Some(exchanged) = &credentials.exchanged {
         annotations.insert(
             EXCHANGE_DIGEST_ANNOTATION.to_owned(),
@@ -121,6 +128,7 @@ mod tests {
             secret_name: "deploy-token".into(),
             claims,
             exchange: None,
+            include_subject_token: true,
         }
     }
 

@@ -194,6 +194,8 @@ pub struct ValidatedIdentity {
     pub claims: ClaimTemplate,
     /// The exchange, when the identity has one, allowed by the issuer.
     pub exchange: Option<ValidatedExchange>,
+    /// Whether the Secret holds the signed token (`output.includeSubjectToken`).
+    pub include_subject_token: bool,
 }
 
 /// The validate phase: checks `identity` against its issuer (`resource`, whose spec validated
@@ -243,7 +245,12 @@ pub fn validate(
         .exchange
         .as_ref()
         .map(|exchange| {
-            crate::exchange::validate(exchange, &issuer_name, issuer.spec.exchange.as_ref())
+            crate::exchange::validate(
+                exchange,
+                &issuer_name,
+                &namespace,
+                issuer.spec.exchange.as_ref(),
+            )
         })
         .transpose()?;
     Ok(ValidatedIdentity {
@@ -253,6 +260,7 @@ pub fn validate(
         owner,
         issuer: issuer_name,
         secret_name: spec.secret_name,
+        include_subject_token: identity.spec.includes_subject_token(),
         claims: spec.claims,
         exchange,
     })

@@ -11,16 +11,16 @@
 use std::{sync::Arc, time::Duration};
 
 use fedid_core::{
-    crd::exchange::SecretKeyRef,
+    crd::exchange::{ConfigMapKeyRef, SecretKeyRef},
     crd::issuer::DefaultIssuerError,
     crd::{FederatedIdentity, FederatedIdentityStatus},
     credentials::token::Minted,
     exchange::{
-        CLIENT_CREDENTIALS_LABEL, Credentials, ExchangeError, Requester, build_request,
-        client_secret_value, parse_reply, without_exchange,
+        CA_BUNDLE_LABEL, CLIENT_CREDENTIALS_LABEL, ClientCredential, Credentials, ExchangeError,
+        Requester, Stage, Step, build_request, client_secret_value, parse_reply, without_exchange,
     },
     identity::{
-        mint::{MintError, mint},
+        mint::{MintError, mint, sign_client_assertion},
         plan::{Issued, Plan, PlanError, plan},
         render::render_secret,
         status::{
@@ -33,7 +33,7 @@ use fedid_core::{
     time::whole_seconds,
 };
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::{
     Api, Resource, ResourceExt,
     api::{PartialObjectMeta, Patch, PatchParams, PostParams},
@@ -67,6 +67,9 @@ pub struct IdentityContext {
     /// Secrets labelled `fedid.dev/client-credentials: "true"`: the only client secrets fedid
     /// sends.
     pub client_credentials: Store<Secret>,
+    /// ConfigMaps labelled `fedid.dev/ca-bundle: "true"`: the only CA bundles `caBundleRef`
+    /// may name.
+    pub ca_bundles: Store<ConfigMap>,
     /// Sends exchange requests within the per-host budget.
     pub exchanger: Arc<Exchanger>,
     /// Failed exchanges' next-attempt times this replica reported.
@@ -238,7 +241,8 @@ pub async fn reconcile(
     if !(ctx.registry.is_synced()
         && ctx.secrets.is_listed()
         && is_listed(&ctx.namespaces)
-        && is_listed(&ctx.client_credentials))
+        && is_listed(&ctx.client_credentials)
+        && is_listed(&ctx.ca_bundles))
     {
         // Until every issuer and every fedid Secret is loaded, "not found" and "absent" would
         // be lies: check again shortly, write nothing. (Never wait here: a reconciler holding
@@ -301,13 +305,15 @@ async fn run_pipeline(
                 secret_exists,
             } => (reason, secret_exists),
         };
-    let minted = mint_on_blocking_pool(&ctx.shared, &fetched.issuer, &validated, now).await?;
+    let (minted, client_assertion) =
+        mint_on_blocking_pool(&ctx.shared, &fetched.issuer, &validated, now).await?;
     let priority = if reason.is_first_issue(secret_exists) {
         Priority::FirstIssue
     } else {
         Priority::Refresh
     };
-    let credentials = exchange(ctx, &validated, minted, priority, attempt).await?;
+    let credentials =
+        exchange(ctx, &validated, minted, client_assertion, priority, attempt).await?;
     let secret = render_secret(&validated, &credentials);
     let written = apply(&ctx.shared, secret, secret_exists).await?;
     ctx.secrets.recent_writes.remember(written);
@@ -353,26 +359,37 @@ fn unusable_issuer(issuer: &LoadedIssuer, unusable: &Unusable) -> FetchError {
     }
 }
 
-/// Mint, on the blocking pool (RSA signing must not stall the reconcilers).
+/// Mint, on the blocking pool (RSA signing must not stall the reconcilers): the token, and
+/// the client assertion when the exchange authenticates with `privateKeyJWT`.
 async fn mint_on_blocking_pool(
     ctx: &Context,
     issuer: &LoadedIssuer,
     validated: &ValidatedIdentity,
     now: Timestamp,
-) -> Result<Minted, MintError> {
+) -> Result<(Minted, Option<String>), MintError> {
     let signer = issuer.signer(now).ok_or_else(|| MintError::NoSigningKey {
         issuer: validated.issuer.clone(),
     })?;
     let jti = new_token_id();
+    let assertion_jti = new_token_id();
     let validated = validated.clone();
     let started = std::time::Instant::now();
-    let minted = tokio::task::spawn_blocking(move || mint(&validated, &signer, now, &jti))
-        .await
-        .map_err(|join| MintError::Interrupted(join.to_string()))?;
+    let signed = tokio::task::spawn_blocking(move || {
+        let minted = mint(&validated, &signer, now, &jti)?;
+        let assertion = validated
+            .exchange
+            .as_ref()
+            .and_then(|exchange| exchange.client_assertion.as_ref())
+            .map(|assertion| sign_client_assertion(assertion, &signer, now, &assertion_jti))
+            .transpose()?;
+        Ok((minted, assertion))
+    })
+    .await
+    .map_err(|join| MintError::Interrupted(join.to_string()))?;
     ctx.metrics
         .signing_duration
         .observe(started.elapsed().as_secs_f64());
-    minted
+    signed
 }
 
 /// Exchange: without `spec.exchange` the credentials are the token itself. Otherwise the
@@ -382,58 +399,105 @@ async fn exchange(
     ctx: &IdentityContext,
     identity: &ValidatedIdentity,
     token: Minted,
+    client_assertion: Option<String>,
     priority: Priority,
     attempt: &mut Option<ExchangeAttempt>,
 ) -> Result<Credentials, ExchangeError> {
     let Some(exchange) = &identity.exchange else {
         return Ok(without_exchange(token));
     };
-    let client_secret = exchange
-        .client_secret
-        .as_ref()
-        .map(|reference| client_secret(&ctx.client_credentials, &identity.namespace, reference))
-        .transpose()?;
-    let request = build_request(
+    let client = match (&exchange.client_secret, client_assertion) {
+        (Some(reference), _) => Some(ClientCredential::Secret(client_secret(
+            &ctx.client_credentials,
+            &identity.namespace,
+            reference,
+        )?)),
+        (None, assertion) => assertion.map(ClientCredential::Assertion),
+    };
+    let ca_bundle = match (&exchange.spec.ca_bundle, &exchange.spec.ca_bundle_ref) {
+        (Some(pem), _) => Some(pem.clone()),
+        (None, Some(reference)) => {
+            Some(ca_bundle(&ctx.ca_bundles, &identity.namespace, reference)?)
+        }
+        (None, None) => None,
+    };
+    let mut request = build_request(
         exchange,
         &token,
-        client_secret.as_deref(),
+        client.as_ref(),
         Requester {
             namespace: &identity.namespace,
             name: &identity.name,
         },
     );
-    let reply = ctx
-        .exchanger
-        .send(
-            &request,
-            exchange.timeout,
-            exchange.spec.ca_bundle.as_deref(),
-            priority,
-        )
-        .await?;
-    // Lifetimes in the reply count from its arrival.
-    let received = whole_seconds(ctx.shared.now());
-    let result = parse_reply(exchange, &token, &reply, received);
-    *attempt = match &result {
-        Ok(exchanged) => Some(ExchangeAttempt::succeeded(exchanged)),
-        Err(error) => ExchangeAttempt::failed(error),
-    };
-    let outcome = attempt
-        .as_ref()
-        .map_or(Reason::ExchangeUnavailable, |attempt| attempt.outcome);
-    ctx.shared
-        .metrics
-        .exchange_requests
-        .get_or_create(&ExchangeLabels {
-            kind: exchange.kind.as_str().to_owned(),
-            host: request.host.clone(),
-            outcome: outcome.as_str().to_owned(),
-        })
-        .inc();
-    Ok(Credentials {
-        token,
-        exchanged: Some(result?),
+    // The core decides whether a reply calls for another request (GCP impersonation); it
+    // never asks for more than `Stage::MAX_REQUESTS`.
+    for _ in 0..Stage::MAX_REQUESTS {
+        let reply = ctx
+            .exchanger
+            .send(&request, exchange.timeout, ca_bundle.as_deref(), priority)
+            .await?;
+        // Lifetimes in the reply count from its arrival.
+        let received = whole_seconds(ctx.shared.now());
+        let result = parse_reply(exchange, &token, request.stage, &reply, received);
+        let outcome = match &result {
+            Ok(Step::Next(_)) => Reason::Exchanged,
+            Ok(Step::Done(exchanged)) => {
+                *attempt = Some(ExchangeAttempt::succeeded(exchanged));
+                Reason::Exchanged
+            }
+            Err(error) => {
+                *attempt = ExchangeAttempt::failed(error);
+                error.reason()
+            }
+        };
+        ctx.shared
+            .metrics
+            .exchange_requests
+            .get_or_create(&ExchangeLabels {
+                kind: exchange.kind.as_str().to_owned(),
+                host: request.host.clone(),
+                outcome: outcome.as_str().to_owned(),
+            })
+            .inc();
+        match result? {
+            Step::Done(exchanged) => {
+                return Ok(Credentials {
+                    token,
+                    exchanged: Some(exchanged),
+                });
+            }
+            Step::Next(next) => request = next,
+        }
+    }
+    Err(ExchangeError::Malformed {
+        host: request.host,
+        status: 200,
+        what: "the replies asked for more requests than an exchange sends",
     })
+}
+
+/// The PEM bundle `reference` names, from the cache of ConfigMaps labelled
+/// `fedid.dev/ca-bundle: "true"` in `namespace`.
+fn ca_bundle(
+    labelled: &Store<ConfigMap>,
+    namespace: &str,
+    reference: &ConfigMapKeyRef,
+) -> Result<String, ExchangeError> {
+    labelled
+        .get(&ObjectRef::new(&reference.name).within(namespace))
+        .filter(|config_map| {
+            config_map
+                .labels()
+                .get(CA_BUNDLE_LABEL)
+                .is_some_and(|value| value == "true")
+        })
+        .and_then(|config_map| config_map.data.as_ref()?.get(&reference.key).cloned())
+        .ok_or_else(|| ExchangeError::CaBundleNotFound {
+            namespace: namespace.to_owned(),
+            config_map: reference.name.clone(),
+            key: reference.key.clone(),
+        })
 }
 
 /// The client secret `reference` names, from the cache of Secrets labelled
@@ -685,6 +749,9 @@ mod tests {
         let (client_credentials, mut credentials_writer) = reflector::store::<Secret>();
         credentials_writer.apply_watcher_event(&watcher::Event::Init);
         credentials_writer.apply_watcher_event(&watcher::Event::InitDone);
+        let (ca_bundles, mut ca_bundles_writer) = reflector::store::<ConfigMap>();
+        ca_bundles_writer.apply_watcher_event(&watcher::Event::Init);
+        ca_bundles_writer.apply_watcher_event(&watcher::Event::InitDone);
         let exchanger = Arc::new(Exchanger::new(100.0, 100, shared.metrics.clone()));
         let ctx = IdentityContext {
             shared,
@@ -692,6 +759,7 @@ mod tests {
             secrets: OwnSecrets::new(secrets),
             namespaces,
             client_credentials,
+            ca_bundles,
             exchanger,
             backoffs: ExchangeBackoffs::default(),
         };
