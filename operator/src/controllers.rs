@@ -122,6 +122,7 @@ pub async fn run_controllers(
             )
         })
     });
+    let issuer_registry = registry.clone();
     let mapping_store = identities.clone();
     let ca_bundle_mapping_store = identities.clone();
     let namespace_mapping_store = identities.clone();
@@ -191,7 +192,7 @@ pub async fn run_controllers(
     .run(
         issuer::reconcile,
         issuer::error_policy,
-        Arc::new(IssuerContext::new(ctx)),
+        Arc::new(IssuerContext::serving(ctx, issuer_registry)),
     )
     .for_each(|result| async move {
         if let Err(error) = result {

@@ -40,9 +40,12 @@ use kube::{
 };
 use tracing::{info, warn};
 
-use crate::runtime::{
-    context::{Context, FIELD_MANAGER, apply_status},
-    metrics::IssuerLabels,
+use crate::{
+    issuer::registry::IssuerRegistry,
+    runtime::{
+        context::{Context, FIELD_MANAGER, apply_status},
+        metrics::IssuerLabels,
+    },
 };
 
 /// The shared context plus the issuer controller's own state.
@@ -51,15 +54,49 @@ pub struct IssuerContext {
     pub shared: Arc<Context>,
     /// Transient failures in a row, per issuer, for backoff (issuer status has no counter).
     pub attempts: Mutex<HashMap<String, u32>>,
+    /// What this replica serves: a new active key is reported only once it is served.
+    pub registry: Option<Arc<IssuerRegistry>>,
 }
 
+/// Longest wait for this replica's registry to serve a key the reconciler just wrote.
+const SERVED_WAIT: Duration = Duration::from_secs(5);
+
 impl IssuerContext {
-    /// A context with no failures recorded.
+    /// A context with no failures recorded, reporting keys as soon as they are written.
     pub fn new(shared: Arc<Context>) -> Self {
         Self {
             shared,
             attempts: Mutex::default(),
+            registry: None,
         }
+    }
+
+    /// A context that reports a new active key only once `registry` serves it.
+    pub fn serving(shared: Arc<Context>, registry: Arc<IssuerRegistry>) -> Self {
+        Self {
+            registry: Some(registry),
+            ..Self::new(shared)
+        }
+    }
+
+    /// Waits (at most [`SERVED_WAIT`]) until this replica's documents for `issuer` publish
+    /// `key_id`, so that `Ready` never precedes the JWKS it announces. The registry follows
+    /// its own watches, a moment behind the reconciler's write.
+    async fn until_served(&self, issuer: &str, key_id: &str, now: Timestamp) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < SERVED_WAIT {
+            let served = registry
+                .get(issuer)
+                .is_some_and(|loaded| loaded.published_kids(now).iter().any(|kid| kid == key_id));
+            if served {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        warn!(issuer, "the new key is not served by this replica yet");
     }
 
     fn record(&self, issuer: &str, transient_failure: bool) -> u32 {
@@ -185,6 +222,13 @@ pub async fn reconcile(
         now,
     );
     if status != previous {
+        if let Some(key_id) = status
+            .active_key_id
+            .as_deref()
+            .filter(|key_id| previous.active_key_id.as_deref() != Some(*key_id))
+        {
+            ctx.until_served(&name, key_id, now).await;
+        }
         write_status(&issuer, shared, &status).await?;
     }
     if let Some(event) = transition_event(&previous, &status, outcome) {
