@@ -231,8 +231,8 @@ def test_optional_objects_follow_their_values(cluster: Cluster) -> None:
     single = render(cluster, "fedid", "--set", "replicaCount=1", "--set", "leaderElection.enabled=false")
     assert "PodDisruptionBudget" not in kinds(single)
     assert "--leader-election=false" in single and "coordination.k8s.io" not in single
-    budget = render(cluster, "fedid", "--set-json", 'exchange={"qps": 2.5, "burst": 7}')
-    assert "--exchange-qps=2.5" in budget and "--exchange-burst=7" in budget
+    budget = render(cluster, "fedid", "--set-json", 'exchange={"qps": 2.5, "burst": 7, "concurrency": 3}')
+    assert "--exchange-qps=2.5" in budget and "--exchange-burst=7" in budget and "--exchange-concurrency=3" in budget
     assert sorted(kinds(render(cluster, "fedid", *EVERYTHING))) == sorted(
         defaults + ["IdentityIssuer", "Ingress", "NetworkPolicy", "ServiceMonitor"]
     )
@@ -252,6 +252,7 @@ BAD_VALUES = [
     (["replicaz=2"], "additional properties 'replicaz' not allowed"),
     (["exchange.qps=0"], "at '/exchange/qps'"),
     (["exchange.burst=0"], "at '/exchange/burst': minimum: got 0, want 1"),
+    (["exchange.concurrency=0"], "at '/exchange/concurrency': minimum: got 0, want 1"),
     (["issuer.urll=https://x.example.com"], "at '/issuer': additional properties 'urll' not allowed"),
     (["issuer.allowedNamespaces.selector.matchLabel.a=b"], "additional properties 'matchLabel' not allowed"),
     (["replicaCount=3", "leaderElection.enabled=false"], "leaderElection.enabled=false needs replicaCount=1"),
@@ -339,6 +340,7 @@ def test_deployment_runs_fedid_as_documented(cluster: Cluster, release: dict) ->
         "--concurrency=16",
         "--exchange-qps=20",
         "--exchange-burst=40",
+        "--exchange-concurrency=16",
         "--leader-election=true",
         "--leader-election-lease-name=fedid-leader",
     ]

@@ -47,7 +47,7 @@ from peers.recorder import Recorded, Recorder, Reply
 RUN = uuid.uuid4().hex[:6]
 TEAM = f"exchange-{RUN}"
 ISSUER = f"exchange-{RUN}"
-QPS, BURST = 4, 2
+QPS, BURST, IN_FLIGHT = 4, 2, 2
 
 
 class Script:
@@ -80,7 +80,8 @@ def operator(cluster: Cluster, service: tuple[Recorder, Script, str]) -> Iterato
     service_account = install_chart_service_account(cluster, OPERATOR_NAMESPACE, workdir)
     running = Operator(
         cluster=cluster, binary=fedid_binary(), workdir=workdir, kubeconfig=service_account, name="fedid-exchange",
-        extra_args=["--exchange-qps", str(QPS), "--exchange-burst", str(BURST), "--leader-election-lease-name",
+        extra_args=["--exchange-qps", str(QPS), "--exchange-burst", str(BURST), "--exchange-concurrency",
+                    str(IN_FLIGHT), "--leader-election-lease-name",
                     f"fedid-exchange-{RUN}"],
     )
     running.start()
@@ -386,6 +387,27 @@ def test_the_request_budget_holds_at_the_service_and_every_identity_is_issued(
     assert times[-1] - times[0] >= 3.0, times[-1] - times[0]
     assert operator.metric("fedid_exchange_budget_waits_total") > 0
     assert operator.metric("fedid_exchange_requests_total", {"kind": "oauth2", "outcome": "Exchanged"}) >= len(names)
+    for name in names:
+        cluster.kubectl("delete", "fid", name, "-n", TEAM, "--wait=false")
+
+
+def test_a_host_never_has_more_requests_in_flight_than_exchange_concurrency(
+    cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str]
+) -> None:
+    recorder, script, ca = service
+    # Each reply takes 1 s: with --exchange-concurrency 2 a third request can start only when one
+    # of the first two is answered, although the rate (4/s, burst 2) would let five go in 0.9 s.
+    script.handler = lambda _: Reply(200, {"access_token": "at-slow", "token_type": "Bearer", "expires_in": 600},
+                                     delay=1.0)
+    names = [f"in-flight-{n}" for n in range(6)]
+    before = recorder.count()
+    cluster.apply("\n---\n".join(identity(name, ca, f"{recorder.url}/allowed/token") for name in names))
+    for name in names:
+        cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=60s")
+    arrivals = sorted(seen.at for seen in recorder.requests[before:])
+    assert len(arrivals) == len(names)
+    busiest = max(sum(1 for t in arrivals if start <= t < start + 0.9) for start in arrivals)
+    assert busiest <= IN_FLIGHT, (busiest, [round(t - arrivals[0], 2) for t in arrivals])
     for name in names:
         cluster.kubectl("delete", "fid", name, "-n", TEAM, "--wait=false")
 

@@ -101,7 +101,10 @@ def busiest_second(times: list[float]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--identities", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=16,
+                        help="requests in flight at MinIO: the anchor's threads and fedid's --exchange-concurrency")
+    parser.add_argument("--reconcile-concurrency", type=int, default=64,
+                        help="fedid's --concurrency (identities reconciled at once)")
     parser.add_argument("--budget-identities", type=int, default=200)
     parser.add_argument("--budget-qps", type=float, default=10)
     parser.add_argument("--budget-burst", type=int, default=1)
@@ -120,7 +123,8 @@ def main() -> None:
     cluster = Cluster(dir=state, bin=bins)
     processes: list[subprocess.Popen] = []
     operators: list[Operator] = []
-    results: dict = {"identities": args.identities, "concurrency": args.concurrency}
+    results: dict = {"identities": args.identities, "concurrency": args.concurrency,
+                     "reconcile_concurrency": args.reconcile_concurrency}
     try:
         repo = E2E.parent
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(repo / "crds"))
@@ -134,8 +138,9 @@ def main() -> None:
             workdir = work / name
             workdir.mkdir()
             operator = Operator(cluster=cluster, binary=fedid_binary(), workdir=workdir, name=name,
-                                extra_args=["--concurrency", str(args.concurrency), "--leader-election", "false",
-                                            *extra])
+                                extra_args=["--concurrency", str(args.reconcile_concurrency),
+                                            "--exchange-concurrency", str(args.concurrency),
+                                            "--leader-election", "false", *extra])
             if operators:
                 # Serve with the first operator's certificate: MinIO trusts that CA.
                 operator.ca, operator.cert, operator.key = operators[0].ca, operators[0].cert, operators[0].key

@@ -137,6 +137,7 @@ pub async fn run_controllers(
         exchanger: Arc::new(Exchanger::new(
             ctx.settings.exchange_qps,
             ctx.settings.exchange_burst,
+            ctx.settings.exchange_concurrency,
             ctx.metrics.clone(),
         )),
         backoffs: ExchangeBackoffs::default(),

@@ -13,6 +13,7 @@ use fedid_core::{
     timing::TokenBucket,
 };
 use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use crate::runtime::metrics::{HostLabels, KindLabels, Metrics};
@@ -40,11 +41,12 @@ pub struct Exchanger {
 }
 
 impl Exchanger {
-    /// An exchanger allowing each endpoint host `qps` requests per second, `burst` at once.
-    pub fn new(qps: f64, burst: u32, metrics: Arc<Metrics>) -> Self {
+    /// An exchanger allowing each endpoint host `qps` requests per second, `burst` at once
+    /// before the rate applies, and at most `concurrency` in flight.
+    pub fn new(qps: f64, burst: u32, concurrency: u32, metrics: Arc<Metrics>) -> Self {
         Self {
             clients: Mutex::new(HashMap::new()),
-            budget: Budget::new(qps, burst),
+            budget: Budget::new(qps, burst, concurrency),
             metrics,
         }
     }
@@ -59,7 +61,9 @@ impl Exchanger {
         priority: Priority,
     ) -> Result<Reply, ExchangeError> {
         let client = self.client(ca_bundle)?;
-        if self.budget.acquire(&request.host, priority).await {
+        // Held until the reply is read: the host never has more than `concurrency` in flight.
+        let (_in_flight, waited) = self.budget.acquire(&request.host, priority).await;
+        if waited {
             self.metrics
                 .exchange_budget_waits
                 .get_or_create(&HostLabels {
@@ -169,11 +173,13 @@ fn transport(error: &reqwest::Error) -> Transport {
     }
 }
 
-/// The per-host request budget: a token bucket per endpoint host, shared by every identity.
-/// While first issues wait for a host, refreshes for that host hold back.
+/// The per-host request budget: a token bucket and a limit of requests in flight per endpoint
+/// host, shared by every identity. While first issues wait for a host, refreshes for that host
+/// hold back.
 struct Budget {
     qps: f64,
     burst: u32,
+    concurrency: u32,
     origin: tokio::time::Instant,
     hosts: Mutex<HashMap<String, HostBudget>>,
 }
@@ -181,36 +187,62 @@ struct Budget {
 struct HostBudget {
     bucket: TokenBucket,
     first_issues_waiting: usize,
+    in_flight: Arc<Semaphore>,
 }
 
 /// How long a held-back refresh waits before looking again.
 const HELD_BACK: Duration = Duration::from_millis(50);
 
 impl Budget {
-    fn new(qps: f64, burst: u32) -> Self {
+    fn new(qps: f64, burst: u32, concurrency: u32) -> Self {
         Self {
             qps,
             burst,
+            concurrency,
             origin: tokio::time::Instant::now(),
             hosts: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Waits until `host`'s budget allows one request; says whether it had to wait.
-    async fn acquire(&self, host: &str, priority: Priority) -> bool {
+    /// `host`'s state, created on first use.
+    fn host<T>(&self, host: &str, with: impl FnOnce(&mut HostBudget) -> T) -> T {
+        let mut hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = self.origin.elapsed().as_secs_f64();
+        let state = hosts.entry(host.to_owned()).or_insert_with(|| HostBudget {
+            bucket: TokenBucket::new(self.qps, self.burst, now),
+            first_issues_waiting: 0,
+            in_flight: Arc::new(Semaphore::new(
+                usize::try_from(self.concurrency).unwrap_or(usize::MAX),
+            )),
+        });
+        with(state)
+    }
+
+    /// Waits until `host` has a request slot free and its rate allows one request; returns
+    /// the slot (released when dropped) and whether it had to wait.
+    async fn acquire(
+        &self,
+        host: &str,
+        priority: Priority,
+    ) -> (Option<OwnedSemaphorePermit>, bool) {
+        let slots = self.host(host, |state| state.in_flight.clone());
+        let (slot, slot_waited) = match slots.clone().try_acquire_owned() {
+            Ok(slot) => (Some(slot), false),
+            // The semaphore is never closed, so this waits for a slot.
+            Err(_) => (slots.acquire_owned().await.ok(), true),
+        };
+        (slot, self.take_token(host, priority).await || slot_waited)
+    }
+
+    /// Waits until `host`'s rate allows one request; says whether it had to wait.
+    async fn take_token(&self, host: &str, priority: Priority) -> bool {
         let mut waited = false;
         loop {
-            let wait = {
-                let mut hosts = self
-                    .hosts
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let now = self.origin.elapsed().as_secs_f64();
-                let (qps, burst) = (self.qps, self.burst);
-                let state = hosts.entry(host.to_owned()).or_insert_with(|| HostBudget {
-                    bucket: TokenBucket::new(qps, burst, now),
-                    first_issues_waiting: 0,
-                });
+            let now = self.origin.elapsed().as_secs_f64();
+            let wait = self.host(host, |state| {
                 let held_back = priority == Priority::Refresh && state.first_issues_waiting > 0;
                 let outcome = if held_back {
                     Err(HELD_BACK)
@@ -225,7 +257,7 @@ impl Budget {
                     _ => {}
                 }
                 outcome.err()
-            };
+            });
             match wait {
                 None => return waited,
                 Some(delay) => {
@@ -243,19 +275,45 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_budget_limits_each_host_and_serves_first_issues_first() {
-        let budget = Arc::new(Budget::new(10.0, 2));
+        let budget = Arc::new(Budget::new(10.0, 2, 100));
         let started = tokio::time::Instant::now();
         // The burst goes at once; other hosts have their own budget.
-        assert!(!budget.acquire("a", Priority::Refresh).await);
-        assert!(!budget.acquire("a", Priority::Refresh).await);
-        assert!(!budget.acquire("b", Priority::Refresh).await);
-        assert!(budget.acquire("a", Priority::FirstIssue).await);
+        assert!(!budget.acquire("a", Priority::Refresh).await.1);
+        assert!(!budget.acquire("a", Priority::Refresh).await.1);
+        assert!(!budget.acquire("b", Priority::Refresh).await.1);
+        assert!(budget.acquire("a", Priority::FirstIssue).await.1);
         assert!(started.elapsed() >= Duration::from_millis(99));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_host_never_has_more_requests_in_flight_than_its_slots() {
+        let budget = Arc::new(Budget::new(1000.0, 1000, 2));
+        let (first, waited_first) = budget.acquire("a", Priority::FirstIssue).await;
+        let (second, _) = budget.acquire("a", Priority::FirstIssue).await;
+        assert!(!waited_first && first.is_some() && second.is_some());
+        // Another host has its own slots.
+        assert!(!budget.acquire("b", Priority::FirstIssue).await.1);
+        // A third request to `a` waits until a slot is released.
+        let third = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.acquire("a", Priority::Refresh).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !third.is_finished(),
+            "a third request went while two were in flight"
+        );
+        drop(first);
+        let (slot, waited) = tokio::time::timeout(Duration::from_secs(1), third)
+            .await
+            .expect("the released slot is taken")
+            .expect("task");
+        assert!(waited && slot.is_some());
     }
 
     #[tokio::test]
     async fn an_invalid_ca_bundle_is_reported() {
-        let exchanger = Exchanger::new(1.0, 1, Arc::new(Metrics::default()));
+        let exchanger = Exchanger::new(1.0, 1, 1, Arc::new(Metrics::default()));
         let garbage = "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n";
         assert_eq!(
             exchanger.client(Some(garbage)).err(),

@@ -85,6 +85,7 @@ pub fn settings() -> crate::runtime::context::Settings {
         concurrency: 1,
         exchange_qps: 100.0,
         exchange_burst: 100,
+        exchange_concurrency: 100,
     }
 }
 

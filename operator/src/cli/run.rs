@@ -81,6 +81,12 @@ pub struct RunArgs {
     #[arg(long, env = "FEDID_EXCHANGE_BURST", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
     pub exchange_burst: u32,
 
+    /// Exchange requests in flight at once to each token-service host, shared by all
+    /// identities. With `--concurrency` above it, Secret and status writes overlap the
+    /// requests instead of waiting for them.
+    #[arg(long, env = "FEDID_EXCHANGE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub exchange_concurrency: u32,
+
     /// Elect one leader among the replicas through a Lease; only the leader reconciles, every
     /// replica serves discovery and JWKS.
     #[arg(long, env = "FEDID_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -139,6 +145,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             concurrency: args.concurrency,
             exchange_qps: args.exchange_qps,
             exchange_burst: args.exchange_burst,
+            exchange_concurrency: args.exchange_concurrency,
         },
         Some(identity.clone()),
     ));

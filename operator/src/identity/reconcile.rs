@@ -752,7 +752,7 @@ mod tests {
         let (ca_bundles, mut ca_bundles_writer) = reflector::store::<ConfigMap>();
         ca_bundles_writer.apply_watcher_event(&watcher::Event::Init);
         ca_bundles_writer.apply_watcher_event(&watcher::Event::InitDone);
-        let exchanger = Arc::new(Exchanger::new(100.0, 100, shared.metrics.clone()));
+        let exchanger = Arc::new(Exchanger::new(100.0, 100, 100, shared.metrics.clone()));
         let ctx = IdentityContext {
             shared,
             registry,

@@ -39,6 +39,8 @@ pub struct Settings {
     pub exchange_qps: f64,
     /// Exchange requests each endpoint host may receive at once before the rate applies.
     pub exchange_burst: u32,
+    /// Exchange requests in flight at once to each endpoint host.
+    pub exchange_concurrency: u32,
 }
 
 /// The source of the current time; tests inject a fixed one.
