@@ -197,7 +197,7 @@ impl Default for Metrics {
         let exchange_budget_waits = Family::<HostLabels, Counter>::default();
         registry.register(
             "exchange_budget_waits",
-            "Exchange requests that waited for the per-host request budget (--exchange-qps)",
+            "Exchange requests that waited for the per-host request budget (--exchange-qps, --exchange-concurrency)",
             exchange_budget_waits.clone(),
         );
         let credentials_expiry = Family::<IdentityLabels, Gauge<f64, AtomicU64>>::default();
