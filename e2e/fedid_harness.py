@@ -9,9 +9,13 @@ import os
 import re
 import socket
 import subprocess
+import tempfile
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import jwt
 import requests
@@ -216,6 +220,30 @@ def install_chart_service_account(
         )
     )
     return kubeconfig
+
+
+@contextmanager
+def chart_operator(cluster: Cluster, name: str, namespaces: Iterable[str],
+                   extra_args: Iterable[str] = ()) -> Iterator[Operator]:
+    """`fedid run` (named `name`) as the chart's ServiceAccount, after fedid's CRDs are applied
+    and `namespaces` exist, with a Lease of its own; stopped at the end, when its logs must hold
+    no JWT."""
+    cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/federatedidentities.fedid.dev", "--timeout=60s")
+    for namespace in (OPERATOR_NAMESPACE, *namespaces):
+        cluster.kubectl("create", "namespace", namespace, check=False)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    service_account = install_chart_service_account(cluster, OPERATOR_NAMESPACE, workdir)
+    running = Operator(cluster=cluster, binary=fedid_binary(), workdir=workdir, kubeconfig=service_account,
+                       name=name, extra_args=["--leader-election-lease-name", f"{name}-{uuid.uuid4().hex[:6]}",
+                                              *extra_args])
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        logs = running.logs()
+        assert not jwts_in(logs), f"a JWT appeared in the operator's logs ({running.log_path}): {jwts_in(logs)}"
 
 
 def jwks_for(operator: Operator, issuer_url: str) -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -26,17 +25,14 @@ import jwt
 import pytest
 import requests
 
-from conftest import REPO_ROOT, Cluster, wait_for
+from conftest import Cluster, wait_for
 from fedid_harness import (
-    OPERATOR_NAMESPACE,
     Operator,
+    chart_operator,
     condition,
     events_for,
-    fedid_binary,
     get_json,
-    install_chart_service_account,
     jwks_for,
-    jwts_in,
     secret_data,
     verify_token,
     wait_for_reason,
@@ -72,41 +68,26 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Recorder
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster, service: tuple[Recorder, Script, str]) -> Iterator[Operator]:
     recorder, _, _ = service
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/federatedidentities.fedid.dev", "--timeout=60s")
-    for namespace in (OPERATOR_NAMESPACE, TEAM):
-        cluster.kubectl("create", "namespace", namespace, check=False)
-    workdir = Path(tempfile.mkdtemp(prefix="fedid-e2e-exchange-"))
-    service_account = install_chart_service_account(cluster, OPERATOR_NAMESPACE, workdir)
-    running = Operator(
-        cluster=cluster, binary=fedid_binary(), workdir=workdir, kubeconfig=service_account, name="fedid-exchange",
-        extra_args=["--exchange-qps", str(QPS), "--exchange-burst", str(BURST), "--exchange-concurrency",
-                    str(IN_FLIGHT), "--leader-election-lease-name",
-                    f"fedid-exchange-{RUN}"],
-    )
-    running.start()
-    issuer = {
-        "apiVersion": "fedid.dev/v1alpha1",
-        "kind": "IdentityIssuer",
-        "metadata": {"name": ISSUER},
-        "spec": {
-            "issuerURL": running.issuer_url(ISSUER),
-            "signing": {"prepublishPeriod": "0s"},
-            "allowedNamespaces": {"names": [TEAM]},
-            "exchange": {"allowedEndpoints": [f"{recorder.url}/allowed/"],
-                         "privateKeyJWTClientIDs": ["ci-{namespace}"]},
-        },
-    }
-    wait_for("the issuer to be accepted", lambda: cluster.apply(json.dumps(issuer)).returncode == 0)
-    cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{ISSUER}", "--timeout=60s")
-    try:
+    budget = ["--exchange-qps", str(QPS), "--exchange-burst", str(BURST), "--exchange-concurrency", str(IN_FLIGHT)]
+    with chart_operator(cluster, "fedid-exchange", [TEAM], budget) as running:
+        issuer = {
+            "apiVersion": "fedid.dev/v1alpha1",
+            "kind": "IdentityIssuer",
+            "metadata": {"name": ISSUER},
+            "spec": {
+                "issuerURL": running.issuer_url(ISSUER),
+                "signing": {"prepublishPeriod": "0s"},
+                "allowedNamespaces": {"names": [TEAM]},
+                "exchange": {"allowedEndpoints": [f"{recorder.url}/allowed/"],
+                             "privateKeyJWTClientIDs": ["ci-{namespace}"]},
+            },
+        }
+        wait_for("the issuer to be accepted", lambda: cluster.apply(json.dumps(issuer)).returncode == 0)
+        cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{ISSUER}", "--timeout=60s")
         yield running
-    finally:
-        running.stop()
-        cluster.kubectl("delete", "identityissuer", ISSUER, "--wait=false", check=False)
-        logs = running.logs()
-        assert not jwts_in(logs), f"a JWT appeared in the operator's logs: {jwts_in(logs)}"
-        assert "at-" not in logs and "client-pass" not in logs, "credentials appeared in the logs"
+    cluster.kubectl("delete", "identityissuer", ISSUER, "--wait=false", check=False)
+    logs = running.logs()
+    assert "at-" not in logs and "client-pass" not in logs, "credentials appeared in the logs"
 
 
 def identity(name: str, ca: str, path: str = "/allowed/token", **oauth2: object) -> str:
@@ -476,6 +457,32 @@ def test_invalid_allowed_endpoints_are_rejected_at_apply_time(cluster: Cluster, 
     result = cluster.kubectl("apply", "-f", "-", input=manifest, check=False)
     assert result.returncode != 0
     assert "spec.exchange.allowedEndpoints[0]" in result.stderr, result.stderr
+
+
+def test_removing_the_exchange_leaves_only_the_token(
+    cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str]
+) -> None:
+    recorder, script, ca = service
+    script.handler = lambda _: Reply(200, {"access_token": "at-removed", "token_type": "Bearer", "expires_in": 600})
+    name = "exchange-removed"
+    manifest = json.loads(identity(name, ca, f"{recorder.url}/allowed/token"))
+    cluster.apply(json.dumps(manifest))
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=60s")
+    assert "access-token" in secret_data(cluster, TEAM, f"{name}-token")["decoded"]
+    # The same identity without spec.exchange: one new token, and the exchange's keys and
+    # annotations are gone from the Secret (server-side apply drops what fedid no longer sets).
+    del manifest["spec"]["exchange"]
+    cluster.kubectl("replace", "-f", "-", input=json.dumps(manifest))
+    plain = wait_for("the exchange's keys to go", lambda: (
+        s if set((s := secret_data(cluster, TEAM, f"{name}-token"))["decoded"]) == {"token", "expires-at"} else None),
+        timeout=30)
+    annotations = plain["metadata"].get("annotations", {})
+    assert not {"fedid.dev/exchange-digest", "fedid.dev/credentials-expire-at"} & set(annotations), annotations
+    status = get_json(cluster, "fid", name, "-n", TEAM)["status"]
+    assert "credentialsExpireAt" not in status and condition({"status": status}, "CredentialsFresh") is None, status
+    assert len(requests_for(recorder, name)) == 1
+    verify_token(operator, plain["decoded"]["token"], operator.issuer_url(ISSUER), "token-service")
+    cluster.kubectl("delete", "fid", name, "-n", TEAM)
 
 
 def test_a_ca_bundle_from_a_labelled_configmap_is_trusted_and_no_other(

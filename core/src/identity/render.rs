@@ -84,6 +84,47 @@ pub fn render_secret(identity: &ValidatedIdentity, credentials: &Credentials) ->
     }
 }
 
+/// Annotation keys of fedid's own (`fedid.dev/…`); others on its Secrets are left alone.
+const FEDID_ANNOTATION_PREFIX: &str = "fedid.dev/";
+
+/// The JSON merge patch that removes from `existing` (fedid's own Secret, as last seen) the data
+/// keys and fedid annotations that `desired` no longer has, such as an exchange's files once the
+/// exchange is removed; `None` when nothing is left over. Server-side apply only drops the
+/// fields that its own apply set before: the ones written by the create, or by hand, would stay.
+pub fn leftover_entries(existing: &Secret, desired: &Secret) -> Option<serde_json::Value> {
+    let wanted_data = desired.data.as_ref();
+    let data: serde_json::Map<String, serde_json::Value> = existing
+        .data
+        .iter()
+        .flatten()
+        .map(|(key, _)| key)
+        .filter(|key| !wanted_data.is_some_and(|wanted| wanted.contains_key(*key)))
+        .map(|key| (key.clone(), serde_json::Value::Null))
+        .collect();
+    let wanted_annotations = desired.metadata.annotations.as_ref();
+    let annotations: serde_json::Map<String, serde_json::Value> = existing
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .map(|(key, _)| key)
+        .filter(|key| key.starts_with(FEDID_ANNOTATION_PREFIX))
+        .filter(|key| !wanted_annotations.is_some_and(|wanted| wanted.contains_key(*key)))
+        .map(|key| (key.clone(), serde_json::Value::Null))
+        .collect();
+    if data.is_empty() && annotations.is_empty() {
+        return None;
+    }
+    let mut patch = serde_json::json!({});
+    if !data.is_empty() {
+        patch["data"] = serde_json::Value::Object(data);
+    }
+    if !annotations.is_empty() {
+        patch["metadata"] = serde_json::json!({"annotations": annotations});
+    }
+    Some(patch)
+}
+
 #[cfg(test)]
 mod tests {
     use jiff::Timestamp;
@@ -187,5 +228,28 @@ mod tests {
             secret.metadata.labels.expect("labels")[IDENTITY_LABEL],
             identity_label_value(&long)
         );
+    }
+
+    #[test]
+    fn leftovers_are_the_data_keys_and_fedid_annotations_no_longer_rendered() {
+        let plain = render_secret(&identity("deploy"), &credentials("a.b.c", "kid-1"));
+        assert_eq!(leftover_entries(&plain, &plain), None);
+        let mut with_exchange = plain.clone();
+        if let Some(data) = with_exchange.data.as_mut() {
+            data.insert("access-token".into(), ByteString(b"at".to_vec()));
+        }
+        if let Some(annotations) = with_exchange.metadata.annotations.as_mut() {
+            annotations.insert(EXCHANGE_DIGEST_ANNOTATION.into(), "d1".into());
+            annotations.insert("example.com/note".into(), "a user's".into());
+        }
+        assert_eq!(
+            leftover_entries(&with_exchange, &plain),
+            Some(json!({
+                "data": {"access-token": null},
+                "metadata": {"annotations": {"fedid.dev/exchange-digest": null}}
+            }))
+        );
+        // What the desired Secret adds is the apply's business, not a leftover.
+        assert_eq!(leftover_entries(&plain, &with_exchange), None);
     }
 }

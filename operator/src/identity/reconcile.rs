@@ -22,7 +22,7 @@ use fedid_core::{
     identity::{
         mint::{MintError, mint, sign_client_assertion},
         plan::{Issued, Plan, PlanError, plan},
-        render::render_secret,
+        render::{leftover_entries, render_secret},
         status::{
             ExchangeAttempt, Outcome, exchange_backoff_pending, next_exchange_attempt,
             report as decide_report, transition_event,
@@ -315,7 +315,12 @@ async fn run_pipeline(
     let credentials =
         exchange(ctx, &validated, minted, client_assertion, priority, attempt).await?;
     let secret = render_secret(&validated, &credentials);
-    let written = apply(&ctx.shared, secret, secret_exists).await?;
+    let written = apply(
+        &ctx.shared,
+        secret,
+        existing.as_deref().filter(|_| secret_exists),
+    )
+    .await?;
     ctx.secrets.recent_writes.remember(written);
     Ok(Issued::written(&validated, &credentials, reason, margin))
 }
@@ -532,19 +537,37 @@ fn client_secret(
         })
 }
 
-/// Apply: creates the Secret, or server-side-applies it when it is already ours. A create that
-/// finds an existing Secret (one fedid cannot see: not ours) is a conflict, never a takeover.
-async fn apply(ctx: &Context, secret: Secret, exists: bool) -> Result<Secret, ApplyError> {
+/// Apply: creates the Secret, or server-side-applies it when it is already ours (`existing`,
+/// as fedid last saw it), then removes what the core finds left over from an earlier render. A
+/// create that finds an existing Secret (one fedid cannot see: not ours) is a conflict, never a
+/// takeover.
+async fn apply(
+    ctx: &Context,
+    secret: Secret,
+    existing: Option<&Secret>,
+) -> Result<Secret, ApplyError> {
     let name = secret.name_any();
     let namespace = secret.namespace().unwrap_or_default();
     let api = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
-    let written = if exists {
-        api.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&secret),
-        )
-        .await
+    let exists = existing.is_some();
+    let written = if let Some(existing) = existing {
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await;
+        match (applied, leftover_entries(existing, &secret)) {
+            (Ok(_), Some(leftovers)) => {
+                let params = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.to_owned()),
+                    ..PatchParams::default()
+                };
+                api.patch(&name, &params, &Patch::Merge(&leftovers)).await
+            }
+            (applied, _) => applied,
+        }
     } else {
         let params = PostParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
