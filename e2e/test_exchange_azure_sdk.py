@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -30,14 +29,11 @@ from typing import Iterator
 import pytest
 from azure.identity import WorkloadIdentityCredential
 
-from conftest import REPO_ROOT, Cluster, wait_for
+from conftest import Cluster, wait_for
 from fedid_harness import (
-    OPERATOR_NAMESPACE,
     Operator,
-    fedid_binary,
+    chart_operator,
     get_json,
-    install_chart_service_account,
-    jwts_in,
     secret_data,
     verify_token,
     write_serving_certificate,
@@ -91,38 +87,25 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Recorder
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster, service: tuple[Recorder, Entra, Path]) -> Iterator[Operator]:
     recorder, _, _ = service
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/federatedidentities.fedid.dev", "--timeout=60s")
-    for namespace in (OPERATOR_NAMESPACE, TEAM):
-        cluster.kubectl("create", "namespace", namespace, check=False)
-    workdir = Path(tempfile.mkdtemp(prefix="fedid-e2e-azure-sdk-"))
-    service_account = install_chart_service_account(cluster, OPERATOR_NAMESPACE, workdir)
-    running = Operator(cluster=cluster, binary=fedid_binary(), workdir=workdir, kubeconfig=service_account,
-                       name="fedid-azure-sdk", extra_args=["--leader-election-lease-name", f"fedid-azure-sdk-{RUN}"])
-    running.start()
-    issuer = {
-        "apiVersion": "fedid.dev/v1alpha1",
-        "kind": "IdentityIssuer",
-        "metadata": {"name": ISSUER},
-        "spec": {
-            "issuerURL": running.issuer_url(ISSUER),
-            "signing": {"prepublishPeriod": "0s"},
-            "allowedNamespaces": {"names": [TEAM]},
-            # As an admin would allow https://login.microsoftonline.com/<tenant>/.
-            "exchange": {"allowedEndpoints": [f"{recorder.url}/{TENANT}/"]},
-        },
-    }
-    wait_for("the issuer to be accepted", lambda: cluster.apply(json.dumps(issuer)).returncode == 0)
-    cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{ISSUER}", "--timeout=60s")
-    try:
+    with chart_operator(cluster, "fedid-azure-sdk", [TEAM]) as running:
+        issuer = {
+            "apiVersion": "fedid.dev/v1alpha1",
+            "kind": "IdentityIssuer",
+            "metadata": {"name": ISSUER},
+            "spec": {
+                "issuerURL": running.issuer_url(ISSUER),
+                "signing": {"prepublishPeriod": "0s"},
+                "allowedNamespaces": {"names": [TEAM]},
+                # As an admin would allow https://login.microsoftonline.com/<tenant>/.
+                "exchange": {"allowedEndpoints": [f"{recorder.url}/{TENANT}/"]},
+            },
+        }
+        wait_for("the issuer to be accepted", lambda: cluster.apply(json.dumps(issuer)).returncode == 0)
+        cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{ISSUER}", "--timeout=60s")
         yield running
-    finally:
-        running.stop()
-        cluster.kubectl("delete", "identityissuer", ISSUER, "--wait=false", check=False)
-        cluster.kubectl("delete", "namespace", TEAM, "--wait=false", check=False)
-        logs = running.logs()
-        assert not jwts_in(logs), f"a JWT appeared in the operator's logs: {jwts_in(logs)}"
-        assert "at-fedid-" not in logs, "an access token appeared in the operator's logs"
+    cluster.kubectl("delete", "identityissuer", ISSUER, "--wait=false", check=False)
+    cluster.kubectl("delete", "namespace", TEAM, "--wait=false", check=False)
+    assert "at-fedid-" not in running.logs(), "an access token appeared in the operator's logs"
 
 
 @pytest.fixture(scope="module")

@@ -36,17 +36,14 @@ import jwt
 import pytest
 import requests
 
-from conftest import E2E_DIR, REPO_ROOT, Cluster, wait_for
+from conftest import E2E_DIR, Cluster, wait_for
 from fedid_harness import (
-    OPERATOR_NAMESPACE,
     Operator,
+    chart_operator,
     condition,
-    fedid_binary,
     free_port,
     get_json,
-    install_chart_service_account,
     jwks_for,
-    jwts_in,
     secret_data,
     verify_token,
     wait_for_reason,
@@ -260,23 +257,11 @@ def install(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster) -> Iterator[Operator]:
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/federatedidentities.fedid.dev", "--timeout=60s")
-    for namespace in (OPERATOR_NAMESPACE, TEAM):
-        cluster.kubectl("create", "namespace", namespace, check=False)
-    workdir = Path(tempfile.mkdtemp(prefix="fedid-e2e-keycloak-"))
-    service_account = install_chart_service_account(cluster, OPERATOR_NAMESPACE, workdir)
-    running = Operator(cluster=cluster, binary=fedid_binary(), workdir=workdir, kubeconfig=service_account,
-                       name="fedid-keycloak", extra_args=["--leader-election-lease-name", f"fedid-keycloak-{RUN}"])
-    running.start()
-    try:
+    with chart_operator(cluster, "fedid-keycloak", [TEAM]) as running:
         yield running
-    finally:
-        running.stop()
-        for name in (ISSUER, OTHER_ISSUER):
-            cluster.kubectl("delete", "identityissuer", name, "--wait=false", check=False)
-        cluster.kubectl("delete", "namespace", TEAM, "--wait=false", check=False)
-        assert not jwts_in(running.logs()), f"a JWT appeared in the operator's logs ({running.log_path})"
+    for name in (ISSUER, OTHER_ISSUER):
+        cluster.kubectl("delete", "identityissuer", name, "--wait=false", check=False)
+    cluster.kubectl("delete", "namespace", TEAM, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="module")

@@ -31,17 +31,14 @@ import jwt
 import pytest
 import requests
 
-from conftest import REPO_ROOT, Cluster, wait_for
+from conftest import Cluster, wait_for
 from fedid_harness import (
-    OPERATOR_NAMESPACE,
     Operator,
+    chart_operator,
     condition,
     events_for,
-    fedid_binary,
     free_port,
     get_json,
-    install_chart_service_account,
-    jwts_in,
     secret_data,
     wait_for_reason,
     write_serving_certificate,
@@ -156,28 +153,16 @@ def logins_of(bao: OpenBao, namespace: str, name: str, mount: str = MOUNT, bao_n
 
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster) -> Iterator[Operator]:
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/federatedidentities.fedid.dev", "--timeout=60s")
-    for namespace in (OPERATOR_NAMESPACE, TEAM, OTHER):
-        cluster.kubectl("create", "namespace", namespace, check=False)
-    workdir = Path(tempfile.mkdtemp(prefix="fedid-e2e-openbao-op-"))
-    service_account = install_chart_service_account(cluster, OPERATOR_NAMESPACE, workdir)
-    running = Operator(cluster=cluster, binary=fedid_binary(), workdir=workdir, kubeconfig=service_account,
-                       name="fedid-openbao", extra_args=["--leader-election-lease-name", f"fedid-openbao-{RUN}"])
-    running.start()
-    try:
+    with chart_operator(cluster, "fedid-openbao", [TEAM, OTHER]) as running:
         yield running
-    finally:
-        running.stop()
-        cluster.kubectl("delete", "identityissuer", ISSUER, "--wait=false", check=False)
-        logs = running.logs()
-        assert not jwts_in(logs), f"a JWT appeared in the operator's logs: {jwts_in(logs)}"
-        for server in SERVERS:
-            SEEN_VAULT_TOKENS.update(login.token for login in server.logins(None, None) if login.token)
-        assert SEEN_VAULT_TOKENS, "no vault token was ever written"
-        leaked = [token[:6] for token in SEEN_VAULT_TOKENS if token in logs]
-        assert not leaked, f"vault tokens appeared in the operator's logs: {leaked}"
-        assert not re.search(r"\bs\.[A-Za-z0-9]{24}\b", logs), "something shaped like an OpenBao token was logged"
+    cluster.kubectl("delete", "identityissuer", ISSUER, "--wait=false", check=False)
+    logs = running.logs()
+    for server in SERVERS:
+        SEEN_VAULT_TOKENS.update(login.token for login in server.logins(None, None) if login.token)
+    assert SEEN_VAULT_TOKENS, "no vault token was ever written"
+    leaked = [token[:6] for token in SEEN_VAULT_TOKENS if token in logs]
+    assert not leaked, f"vault tokens appeared in the operator's logs: {leaked}"
+    assert not re.search(r"\bs\.[A-Za-z0-9]{24}\b", logs), "something shaped like an OpenBao token was logged"
 
 
 @pytest.fixture(scope="module")

@@ -29,16 +29,13 @@ import jwt
 import pytest
 import requests
 
-from conftest import E2E_DIR, REPO_ROOT, Cluster, wait_for
+from conftest import E2E_DIR, Cluster, wait_for
 from fedid_harness import (
-    OPERATOR_NAMESPACE,
     Operator,
+    chart_operator,
     condition,
-    fedid_binary,
     free_port,
     get_json,
-    install_chart_service_account,
-    jwts_in,
     secret_data,
     write_serving_certificate,
 )
@@ -89,22 +86,9 @@ def bins() -> Path:
 
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster) -> Iterator[Operator]:
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/federatedidentities.fedid.dev", "--timeout=60s")
-    for namespace in (OPERATOR_NAMESPACE, TEAM):
-        cluster.kubectl("create", "namespace", namespace, check=False)
-    workdir = Path(tempfile.mkdtemp(prefix="fedid-e2e-peers-"))
-    service_account = install_chart_service_account(cluster, OPERATOR_NAMESPACE, workdir)
-    running = Operator(cluster=cluster, binary=fedid_binary(), workdir=workdir, kubeconfig=service_account,
-                       name="fedid-peers", extra_args=["--leader-election-lease-name", f"fedid-peers-{RUN}"])
-    running.start()
-    try:
+    with chart_operator(cluster, "fedid-peers", [TEAM]) as running:
         yield running
-    finally:
-        running.stop()
-        cluster.kubectl("delete", "identityissuer", ISSUER, "--wait=false", check=False)
-        logs = running.logs()
-        assert not jwts_in(logs), f"a JWT appeared in the operator's logs: {jwts_in(logs)}"
+    cluster.kubectl("delete", "identityissuer", ISSUER, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="module")

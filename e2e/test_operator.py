@@ -8,7 +8,6 @@ verified with PyJWT against the JWKS fetched over HTTPS from the operator.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import json
 import subprocess
