@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use super::{
     OutputFile, RequestBody, Upstream,
     oauth2::{ACCESS_TOKEN_KEY, TOKEN_TYPE_KEY},
-    reply::{after, expires_in, json_object, oauth_reply, string_field, unexpected_status},
+    reply::{after, expires_in, json_reply, oauth_reply, string_field},
 };
 use crate::{crd::exchange::GcpExchange, credentials::secret::TOKEN_KEY};
 
@@ -130,20 +130,9 @@ pub(crate) fn parse(
 /// The service account's token and its `expireTime`, or the classified error (Google's error
 /// object carries its `status` word, for example `PERMISSION_DENIED`).
 fn parse_generated(status: u16, body: &[u8]) -> Result<(String, Timestamp), Upstream> {
-    if let Some(unexpected) = unexpected_status(status) {
-        return Err(unexpected);
-    }
-    let object = json_object(body);
-    if status != 200 {
-        let code = object
-            .as_ref()
-            .and_then(|object| object.get("error"))
-            .and_then(Value::as_object)
-            .and_then(|error| string_field(error, "status"))
-            .map(str::to_owned);
-        return Err(Upstream::by_status(status, code));
-    }
-    let object = object.ok_or(Upstream::Malformed("the body is not a JSON object"))?;
+    let object = json_reply(status, body, |object| {
+        string_field(object.get("error")?.as_object()?, "status")
+    })?;
     let access_token =
         string_field(&object, "accessToken").ok_or(Upstream::Malformed("no accessToken"))?;
     let expires_at = string_field(&object, "expireTime")

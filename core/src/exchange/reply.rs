@@ -74,26 +74,35 @@ pub(crate) fn form_encode(value: &str) -> String {
 /// RFC 6749 §5.2 error codes that mean "try again later" rather than "no".
 const RETRYABLE_OAUTH_CODES: [&str; 3] = ["temporarily_unavailable", "server_error", "slow_down"];
 
-/// An OAuth token endpoint's reply: the JSON object of a 200, or the classified error of any
-/// other status (its `error` code, retryable or not).
-pub(crate) fn oauth_reply(status: u16, body: &[u8]) -> Result<Map<String, Value>, Upstream> {
+/// A JSON service's reply: the object of a 200, or the error of any other status, classified
+/// by the status, with the code `error_code` finds in the body.
+pub(crate) fn json_reply(
+    status: u16,
+    body: &[u8],
+    error_code: impl FnOnce(&Map<String, Value>) -> Option<&str>,
+) -> Result<Map<String, Value>, Upstream> {
     if let Some(unexpected) = unexpected_status(status) {
         return Err(unexpected);
     }
     let object = json_object(body);
     if status != 200 {
-        let code = object
-            .as_ref()
-            .and_then(|object| string_field(object, "error"))
-            .map(str::to_owned);
-        return Err(match code {
-            Some(code) if RETRYABLE_OAUTH_CODES.contains(&code.as_str()) => {
-                Upstream::Unavailable(Some(code))
-            }
-            code => Upstream::by_status(status, code),
-        });
+        let code = object.as_ref().and_then(error_code).map(str::to_owned);
+        return Err(Upstream::by_status(status, code));
     }
     object.ok_or(Upstream::Malformed("the body is not a JSON object"))
+}
+
+/// An OAuth token endpoint's reply: the JSON object of a 200, or the classified error of any
+/// other status (its `error` code, retryable or not).
+pub(crate) fn oauth_reply(status: u16, body: &[u8]) -> Result<Map<String, Value>, Upstream> {
+    json_reply(status, body, |object| string_field(object, "error")).map_err(|upstream| {
+        match upstream {
+            Upstream::Rejected(Some(code)) if RETRYABLE_OAUTH_CODES.contains(&code.as_str()) => {
+                Upstream::Unavailable(Some(code))
+            }
+            other => other,
+        }
+    })
 }
 
 /// `expires_in` of an OAuth reply, a number or a numeric string; `None` when absent.

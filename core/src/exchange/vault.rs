@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::{
     OutputFile, RequestBody, Upstream,
-    reply::{after, json_object, string_field, unexpected_status},
+    reply::{after, json_reply, string_field},
 };
 use crate::{crd::exchange::VaultExchange, credentials::token::Minted};
 
@@ -42,24 +42,16 @@ pub(crate) fn parse(
     subject: &Minted,
     now: Timestamp,
 ) -> Result<(Vec<OutputFile>, Timestamp), Upstream> {
-    if let Some(unexpected) = unexpected_status(status) {
-        return Err(unexpected);
-    }
-    let object = json_object(body);
-    if status != 200 {
-        // Vault's errors are sentences; the first one is the code reported.
-        let code = object
-            .as_ref()
-            .and_then(|object| object.get("errors"))
-            .and_then(|errors| errors.get(0))
-            .and_then(|error| error.as_str())
+    // Vault's errors are sentences; the first one is the code reported.
+    let object = json_reply(status, body, |object| {
+        object
+            .get("errors")?
+            .get(0)?
+            .as_str()
             .filter(|error| !error.is_empty())
-            .map(str::to_owned);
-        return Err(Upstream::by_status(status, code));
-    }
+    })?;
     let auth = object
-        .as_ref()
-        .and_then(|object| object.get("auth"))
+        .get("auth")
         .and_then(|auth| auth.as_object())
         .ok_or(Upstream::Malformed("no auth object"))?;
     let token = string_field(auth, "client_token").ok_or(Upstream::Malformed("no client_token"))?;
