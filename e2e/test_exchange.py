@@ -270,6 +270,32 @@ def test_private_key_jwt_signs_a_client_assertion_only_for_the_namespaces_client
         cluster.kubectl("delete", "fid", gone, "-n", TEAM)
 
 
+def test_a_client_assertion_is_signed_when_the_budget_lets_it_go_not_when_queued(
+    cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str]
+) -> None:
+    recorder, script, ca = service
+    script.handler = lambda _: Reply(200, {"access_token": "at-queued", "token_type": "Bearer", "expires_in": 600})
+    names = [f"queued-{n}" for n in range(12)]
+    token_url = f"{recorder.url}/allowed/token"
+    cluster.apply("\n---\n".join(identity(name, ca, token_url, clientAuth={"clientID": f"ci-{TEAM}", "privateKeyJWT": {}})
+                                  for name in names))
+    for name in names:
+        cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=60s")
+    queued, aged = [], []
+    for name in names:
+        [sent] = requests_for(recorder, name)
+        subject = jwt.decode(sent.form["subject_token"], options={"verify_signature": False})
+        assertion = jwt.decode(sent.form["client_assertion"], options={"verify_signature": False})
+        queued.append(sent.at - subject["iat"])
+        aged.append(sent.at - assertion["iat"])
+    # 12 requests at 4/s after a burst of 2: the last tokens waited 2.5 s or more for the budget,
+    # yet every 60-second assertion was signed just before its request left.
+    assert max(queued) >= 2.0, queued
+    assert max(aged) < 1.5, aged
+    for name in names:
+        cluster.kubectl("delete", "fid", name, "-n", TEAM, "--wait=false")
+
+
 def test_failures_keep_valid_credentials_back_off_and_recover(
     cluster: Cluster, operator: Operator, service: tuple[Recorder, Script, str]
 ) -> None:

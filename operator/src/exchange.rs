@@ -33,6 +33,12 @@ pub enum Priority {
     Refresh,
 }
 
+/// A host's permission for one request: its slot among the requests in flight is released
+/// when this is dropped.
+pub struct Reservation {
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
 /// Sends exchange requests.
 pub struct Exchanger {
     clients: Mutex<HashMap<String, reqwest::Client>>,
@@ -51,26 +57,32 @@ impl Exchanger {
         }
     }
 
-    /// Sends `request` (trusting `ca_bundle` as well as the system roots) once the host's
-    /// budget allows, and returns the reply or why none came.
-    pub async fn send(
-        &self,
-        request: &ExchangeRequest,
-        timeout: Duration,
-        ca_bundle: Option<&str>,
-        priority: Priority,
-    ) -> Result<Reply, ExchangeError> {
-        let client = self.client(ca_bundle)?;
-        // Held until the reply is read: the host never has more than `concurrency` in flight.
-        let (_in_flight, waited) = self.budget.acquire(&request.host, priority).await;
+    /// Waits until `host`'s budget allows one request: a slot among its requests in flight
+    /// and a token of its rate. Build the request after this returns, so that nothing signed
+    /// for it (a 60-second client assertion) ages in the queue.
+    pub async fn reserve(&self, host: &str, priority: Priority) -> Reservation {
+        let (slot, waited) = self.budget.acquire(host, priority).await;
         if waited {
             self.metrics
                 .exchange_budget_waits
                 .get_or_create(&HostLabels {
-                    host: request.host.clone(),
+                    host: host.to_owned(),
                 })
                 .inc();
         }
+        Reservation { _slot: slot }
+    }
+
+    /// Sends `request` (trusting `ca_bundle` as well as the system roots) under `reservation`,
+    /// held until the reply is read, and returns the reply or why none came.
+    pub async fn send(
+        &self,
+        reservation: Reservation,
+        request: &ExchangeRequest,
+        timeout: Duration,
+        ca_bundle: Option<&str>,
+    ) -> Result<Reply, ExchangeError> {
+        let client = self.client(ca_bundle)?;
         let mut builder = client.post(&request.url).timeout(timeout);
         for (name, value) in &request.headers {
             builder = builder.header(name, value);
@@ -92,6 +104,7 @@ impl Exchanger {
             })
             .observe(started.elapsed().as_secs_f64());
         debug!(host = %request.host, reply = ?reply, "exchange request answered");
+        drop(reservation);
         Ok(reply)
     }
 

@@ -16,8 +16,9 @@ use fedid_core::{
     crd::{FederatedIdentity, FederatedIdentityStatus},
     credentials::token::Minted,
     exchange::{
-        CA_BUNDLE_LABEL, CLIENT_CREDENTIALS_LABEL, ClientCredential, Credentials, ExchangeError,
-        Requester, Stage, Step, build_request, client_secret_value, parse_reply, without_exchange,
+        CA_BUNDLE_LABEL, CLIENT_CREDENTIALS_LABEL, ClientAssertion, ClientCredential, Credentials,
+        ExchangeError, ExchangeRequest, Requester, Stage, Step, build_request, client_secret_value,
+        parse_reply, without_exchange,
     },
     identity::{
         mint::{MintError, mint, sign_client_assertion},
@@ -305,15 +306,13 @@ async fn run_pipeline(
                 secret_exists,
             } => (reason, secret_exists),
         };
-    let (minted, client_assertion) =
-        mint_on_blocking_pool(&ctx.shared, &fetched.issuer, &validated, now).await?;
+    let minted = mint_on_blocking_pool(&ctx.shared, &fetched.issuer, &validated, now).await?;
     let priority = if reason.is_first_issue(secret_exists) {
         Priority::FirstIssue
     } else {
         Priority::Refresh
     };
-    let credentials =
-        exchange(ctx, &validated, minted, client_assertion, priority, attempt).await?;
+    let credentials = exchange(ctx, &fetched.issuer, &validated, minted, priority, attempt).await?;
     let secret = render_secret(&validated, &credentials);
     let written = apply(
         &ctx.shared,
@@ -364,33 +363,47 @@ fn unusable_issuer(issuer: &LoadedIssuer, unusable: &Unusable) -> FetchError {
     }
 }
 
-/// Mint, on the blocking pool (RSA signing must not stall the reconcilers): the token, and
-/// the client assertion when the exchange authenticates with `privateKeyJWT`.
+/// Mint, on the blocking pool (RSA signing must not stall the reconcilers).
 async fn mint_on_blocking_pool(
     ctx: &Context,
     issuer: &LoadedIssuer,
     validated: &ValidatedIdentity,
     now: Timestamp,
-) -> Result<(Minted, Option<String>), MintError> {
+) -> Result<Minted, MintError> {
     let signer = issuer.signer(now).ok_or_else(|| MintError::NoSigningKey {
         issuer: validated.issuer.clone(),
     })?;
     let jti = new_token_id();
-    let assertion_jti = new_token_id();
     let validated = validated.clone();
     let started = std::time::Instant::now();
-    let signed = tokio::task::spawn_blocking(move || {
-        let minted = mint(&validated, &signer, now, &jti)?;
-        let assertion = validated
-            .exchange
-            .as_ref()
-            .and_then(|exchange| exchange.client_assertion.as_ref())
-            .map(|assertion| sign_client_assertion(assertion, &signer, now, &assertion_jti))
-            .transpose()?;
-        Ok((minted, assertion))
-    })
-    .await
-    .map_err(|join| MintError::Interrupted(join.to_string()))?;
+    let minted = tokio::task::spawn_blocking(move || mint(&validated, &signer, now, &jti))
+        .await
+        .map_err(|join| MintError::Interrupted(join.to_string()))?;
+    ctx.metrics
+        .signing_duration
+        .observe(started.elapsed().as_secs_f64());
+    minted
+}
+
+/// Signs a `privateKeyJWT` client assertion at the time it is sent, on the blocking pool,
+/// with the key that signs the issuer's tokens now.
+async fn sign_assertion_on_blocking_pool(
+    ctx: &Context,
+    issuer: &LoadedIssuer,
+    identity: &ValidatedIdentity,
+    assertion: &ClientAssertion,
+) -> Result<String, MintError> {
+    let now = whole_seconds(ctx.now());
+    let signer = issuer.signer(now).ok_or_else(|| MintError::NoSigningKey {
+        issuer: identity.issuer.clone(),
+    })?;
+    let jti = new_token_id();
+    let assertion = assertion.clone();
+    let started = std::time::Instant::now();
+    let signed =
+        tokio::task::spawn_blocking(move || sign_client_assertion(&assertion, &signer, now, &jti))
+            .await
+            .map_err(|join| MintError::Interrupted(join.to_string()))?;
     ctx.metrics
         .signing_duration
         .observe(started.elapsed().as_secs_f64());
@@ -402,23 +415,20 @@ async fn mint_on_blocking_pool(
 /// within the host's budget, and the core's verdict on the reply, which `attempt` records.
 async fn exchange(
     ctx: &IdentityContext,
+    issuer: &LoadedIssuer,
     identity: &ValidatedIdentity,
     token: Minted,
-    client_assertion: Option<String>,
     priority: Priority,
     attempt: &mut Option<ExchangeAttempt>,
-) -> Result<Credentials, ExchangeError> {
+) -> Result<Credentials, IdentityError> {
     let Some(exchange) = &identity.exchange else {
         return Ok(without_exchange(token));
     };
-    let client = match (&exchange.client_secret, client_assertion) {
-        (Some(reference), _) => Some(ClientCredential::Secret(client_secret(
-            &ctx.client_credentials,
-            &identity.namespace,
-            reference,
-        )?)),
-        (None, assertion) => assertion.map(ClientCredential::Assertion),
-    };
+    let secret = exchange
+        .client_secret
+        .as_ref()
+        .map(|reference| client_secret(&ctx.client_credentials, &identity.namespace, reference))
+        .transpose()?;
     let ca_bundle = match (&exchange.spec.ca_bundle, &exchange.spec.ca_bundle_ref) {
         (Some(pem), _) => Some(pem.clone()),
         (None, Some(reference)) => {
@@ -426,21 +436,43 @@ async fn exchange(
         }
         (None, None) => None,
     };
-    let mut request = build_request(
-        exchange,
-        &token,
-        client.as_ref(),
-        Requester {
-            namespace: &identity.namespace,
-            name: &identity.name,
-        },
-    );
     // The core decides whether a reply calls for another request (GCP impersonation); it
     // never asks for more than `Stage::MAX_REQUESTS`.
+    let mut next: Option<ExchangeRequest> = None;
+    let mut host = exchange.endpoint.host().to_owned();
     for _ in 0..Stage::MAX_REQUESTS {
+        let reservation = ctx.exchanger.reserve(&host, priority).await;
+        let request = match next.take() {
+            Some(request) => request,
+            None => {
+                // Signed only now that the budget lets it go: an assertion lives 60 s.
+                let client = match (&secret, &exchange.client_assertion) {
+                    (Some(secret), _) => Some(ClientCredential::Secret(secret.clone())),
+                    (None, Some(assertion)) => Some(ClientCredential::Assertion(
+                        sign_assertion_on_blocking_pool(&ctx.shared, issuer, identity, assertion)
+                            .await?,
+                    )),
+                    (None, None) => None,
+                };
+                build_request(
+                    exchange,
+                    &token,
+                    client.as_ref(),
+                    Requester {
+                        namespace: &identity.namespace,
+                        name: &identity.name,
+                    },
+                )
+            }
+        };
         let reply = ctx
             .exchanger
-            .send(&request, exchange.timeout, ca_bundle.as_deref(), priority)
+            .send(
+                reservation,
+                &request,
+                exchange.timeout,
+                ca_bundle.as_deref(),
+            )
             .await?;
         // Lifetimes in the reply count from its arrival.
         let received = whole_seconds(ctx.shared.now());
@@ -472,14 +504,18 @@ async fn exchange(
                     exchanged: Some(exchanged),
                 });
             }
-            Step::Next(next) => request = next,
+            Step::Next(request) => {
+                host.clone_from(&request.host);
+                next = Some(request);
+            }
         }
     }
     Err(ExchangeError::Malformed {
-        host: request.host,
+        host,
         status: 200,
         what: "the replies asked for more requests than an exchange sends",
-    })
+    }
+    .into())
 }
 
 /// The PEM bundle `reference` names, from the cache of ConfigMaps labelled
