@@ -9,6 +9,11 @@
 2. Request budget: M more identities with `--exchange-qps Q --exchange-burst B`; the proxy's
    timestamps give the most requests in any one-second window, and every identity must be issued.
 
+Each phase also records the CPU time every process spent on it (control plane, MinIO, fedid, this
+process with the proxy and the client), per request, and how many cores were busy: on a saturated
+machine rates go as 1 / CPU per request, so `cpu_bound_ratio` is the ratio the machine allows once
+the apiserver's writes are paid for.
+
 Prints the figures and writes them as JSON (--out). Absolute numbers on a shared 2-core machine are
 noise; the ratio is the result. Not a test: nothing here fails on a slow machine.
 
@@ -96,6 +101,46 @@ def busiest_second(times: list[float]) -> int:
             low += 1
         best = max(best, high - low + 1)
     return best
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (`/proc/<pid>/stat` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds each named process (and this one: the recording proxy and the anchor's client)
+    spends between `start()` and `stop()`: on a saturated machine the rates follow the CPU each
+    request costs, so this says what bounds the ratio."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        own = os.times()
+        sample = {"bench (proxy, client)": own.user + own.system}
+        for name, pid in self.pids.items():
+            try:
+                sample[name] = cpu_seconds(pid)
+            except (OSError, IndexError, ValueError):
+                sample[name] = 0.0
+        return sample
+
+    def start(self) -> None:
+        self.before = self._now()
+
+    def stop(self) -> dict[str, float]:
+        after = self._now()
+        return {name: round(after[name] - self.before.get(name, 0.0), 2) for name in after}
+
+
+def cpu_per_request_ms(spent: dict[str, float], requests: int) -> dict[str, float]:
+    """`spent` CPU seconds per request, in milliseconds, with their total."""
+    per = {name: round(1000 * seconds / max(requests, 1), 2) for name, seconds in spent.items()}
+    per["total"] = round(sum(per.values()), 2)
+    return per
 
 
 def main() -> None:
@@ -201,15 +246,21 @@ def main() -> None:
             wait_until("every identity to be refused", lambda: reason_count(
                 cluster, namespace, "EndpointNotAllowed") >= args.identities, 600)
             assert not proxy.requests
+            control_plane = {path.name: int(path.read_text().strip()) for path in (state / "pids").iterdir()}
+            meter = CpuMeter({**control_plane, "minio": minio.pid, "fedid": operator.process.pid})
+            meter.start()
             started = time.time()
             cluster.kubectl("patch", "identityissuer", issuer, "--type=merge", "-p",
                             json.dumps({"spec": {"exchange": {"allowedEndpoints": [f"{proxy.url}/"]}}}))
             wait_until("every identity Ready", lambda: ready_count(cluster, namespace) >= args.identities, 1800)
             done = time.time()
+            fedid_cpu = meter.stop()
             fedid_times = [r.at for r in proxy.requests]
             results["fedid"] = {
                 "requests_at_peer": len(fedid_times), "rate_at_peer_per_s": round(rate(fedid_times), 1),
                 "all_ready_after_seconds": round(done - started, 1),
+                "cpu_ms_per_identity": cpu_per_request_ms(fedid_cpu, len(fedid_times)),
+                "cores_busy": round(sum(fedid_cpu.values()) / max(done - started, 1e-9), 2),
             }
 
             # 2. The anchor: the same requests with pre-minted tokens (fedid's), same concurrency.
@@ -226,13 +277,23 @@ def main() -> None:
                 return session.post(f"{proxy.url}/", data=body, verify=str(proxy_ca), timeout=30,
                                     headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code
 
+            meter.start()
+            anchor_started = time.time()
             with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
                 statuses = list(pool.map(assume, tokens))
+            anchor_seconds = time.time() - anchor_started
+            anchor_cpu = meter.stop()
             anchor_times = [r.at for r in proxy.requests[before:]]
             results["anchor"] = {"requests_at_peer": len(anchor_times), "ok": statuses.count(200),
-                                 "rate_at_peer_per_s": round(rate(anchor_times), 1)}
+                                 "rate_at_peer_per_s": round(rate(anchor_times), 1),
+                                 "cpu_ms_per_request": cpu_per_request_ms(anchor_cpu, len(anchor_times)),
+                                 "cores_busy": round(sum(anchor_cpu.values()) / max(anchor_seconds, 1e-9), 2)}
             results["ratio_fedid_to_anchor"] = round(results["fedid"]["rate_at_peer_per_s"]
                                                      / results["anchor"]["rate_at_peer_per_s"], 2)
+            # With every core busy in both phases, rates go as 1 / CPU per request: the ratio
+            # this machine allows fedid, given what the apiserver's writes cost beside MinIO's work.
+            results["cpu_bound_ratio"] = round(results["anchor"]["cpu_ms_per_request"]["total"]
+                                               / results["fedid"]["cpu_ms_per_identity"]["total"], 2)
 
             # 3. The request budget, measured at the peer.
             operator.stop()
