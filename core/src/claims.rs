@@ -66,6 +66,21 @@ pub enum ClaimsError {
         /// The missing claim name.
         name: String,
     },
+    /// The subject template uses a pod placeholder in a token that belongs to no pod.
+    #[error(
+        "the subject template uses {{{placeholder}}}, which only per-pod tokens have; set \
+         spec.pods on the identity, or use another issuer"
+    )]
+    SubjectNeedsPod {
+        /// The placeholder, for example `pod.name`.
+        placeholder: String,
+    },
+    /// A claim taken from the pod has the name of an issuer or identity claim.
+    #[error("pod claim {name:?} is also set by the issuer or the identity")]
+    PodClaimConflict {
+        /// The conflicting name.
+        name: String,
+    },
     /// The subject rendered to an empty string.
     #[error("the subject template renders an empty subject")]
     EmptySubject,
@@ -88,6 +103,8 @@ impl ClaimsError {
             Self::ClaimOverridesIssuer { .. } => Reason::ClaimOverridesIssuer,
             Self::InvalidSubjectTemplate { .. } => Reason::InvalidSubjectTemplate,
             Self::MissingSubjectClaim { .. } => Reason::MissingSubjectClaim,
+            Self::SubjectNeedsPod { .. } => Reason::SubjectNeedsPod,
+            Self::PodClaimConflict { .. } => Reason::PodClaimConflict,
             Self::EmptySubject => Reason::EmptySubject,
             Self::InvalidAudience { .. } => Reason::InvalidAudience,
         }
@@ -101,11 +118,30 @@ enum TemplatePart {
     Namespace,
     Name,
     Claim(String),
+    PodName,
+    PodUid,
+    PodServiceAccount,
+    Ci(String),
+}
+
+/// The pod a per-pod token is bound to: its binding claims and the claims taken from its
+/// labels and annotations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodBinding {
+    /// Pod name (the `pod` claim).
+    pub name: String,
+    /// Pod UID (the `pod_uid` claim).
+    pub uid: String,
+    /// The pod's service account (the `service_account` claim).
+    pub service_account: String,
+    /// Claims from the pod's labels and annotations (strings).
+    pub ci_claims: Vec<Claim>,
 }
 
 /// A parsed `sub` template such as `system:fedid:{namespace}:{name}`.
 ///
-/// Placeholders are `{namespace}`, `{name}` and `{claims.<claimName>}`. Claim values are
+/// Placeholders are `{namespace}`, `{name}`, `{claims.<claimName>}`, and for per-pod tokens
+/// `{pod.name}`, `{pod.uid}`, `{pod.serviceAccount}` and `{ci.<claimName>}`. Claim values are
 /// escaped so that a value cannot imitate the separator: `%` becomes `%25` and `:` becomes
 /// `%3A`. Braces are only allowed around placeholders.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,14 +182,24 @@ impl SubjectTemplate {
             parts.push(match placeholder {
                 "namespace" => TemplatePart::Namespace,
                 "name" => TemplatePart::Name,
-                _ => match placeholder.strip_prefix("claims.") {
-                    Some(claim) if crate::crd::claim::is_valid_claim_name(claim) => {
+                "pod.name" => TemplatePart::PodName,
+                "pod.uid" => TemplatePart::PodUid,
+                "pod.serviceAccount" => TemplatePart::PodServiceAccount,
+                _ => match (
+                    placeholder.strip_prefix("claims."),
+                    placeholder.strip_prefix("ci."),
+                ) {
+                    (Some(claim), _) if crate::crd::claim::is_valid_claim_name(claim) => {
                         TemplatePart::Claim(claim.to_owned())
+                    }
+                    (_, Some(claim)) if crate::crd::claim::is_valid_claim_name(claim) => {
+                        TemplatePart::Ci(claim.to_owned())
                     }
                     _ => {
                         return Err(invalid(format!(
-                            "unknown placeholder {{{placeholder}}}; use {{namespace}}, {{name}} \
-                             or {{claims.<claimName>}}"
+                            "unknown placeholder {{{placeholder}}}; use {{namespace}}, {{name}}, \
+                             {{claims.<claimName>}}, {{pod.name}}, {{pod.uid}}, \
+                             {{pod.serviceAccount}} or {{ci.<claimName>}}"
                         )));
                     }
                 },
@@ -171,20 +217,61 @@ impl SubjectTemplate {
         &self.source
     }
 
+    /// Whether the template uses a pod placeholder (`{pod.*}` or `{ci.*}`).
+    pub fn needs_pod(&self) -> bool {
+        self.parts.iter().any(|part| {
+            matches!(
+                part,
+                TemplatePart::PodName
+                    | TemplatePart::PodUid
+                    | TemplatePart::PodServiceAccount
+                    | TemplatePart::Ci(_)
+            )
+        })
+    }
+
     /// Renders the subject of the identity `namespace`/`name`, looking claim values up in
-    /// `claims`.
+    /// `claims`, and pod values in `pod` (a token of no pod cannot use pod placeholders).
     pub fn render<'a>(
         &self,
         namespace: &str,
         name: &str,
         claims: impl IntoIterator<Item = &'a Claim> + Clone,
+        pod: Option<&PodBinding>,
     ) -> Result<String, ClaimsError> {
+        let needs_pod = |placeholder: &str| ClaimsError::SubjectNeedsPod {
+            placeholder: placeholder.to_owned(),
+        };
         let mut subject = String::new();
         for part in &self.parts {
             match part {
                 TemplatePart::Literal(text) => subject.push_str(text),
                 TemplatePart::Namespace => subject.push_str(namespace),
                 TemplatePart::Name => subject.push_str(name),
+                TemplatePart::PodName => {
+                    let pod = pod.ok_or_else(|| needs_pod("pod.name"))?;
+                    subject.push_str(&escape_subject_value(&pod.name));
+                }
+                TemplatePart::PodUid => {
+                    let pod = pod.ok_or_else(|| needs_pod("pod.uid"))?;
+                    subject.push_str(&escape_subject_value(&pod.uid));
+                }
+                TemplatePart::PodServiceAccount => {
+                    let pod = pod.ok_or_else(|| needs_pod("pod.serviceAccount"))?;
+                    subject.push_str(&escape_subject_value(&pod.service_account));
+                }
+                TemplatePart::Ci(claim_name) => {
+                    let pod = pod.ok_or_else(|| needs_pod(&format!("ci.{claim_name}")))?;
+                    let value = pod
+                        .ci_claims
+                        .iter()
+                        .find(|claim| &claim.name == claim_name)
+                        .and_then(Claim::value_text)
+                        .ok_or_else(|| ClaimsError::MissingSubjectClaim {
+                            name: claim_name.clone(),
+                        })?;
+                    subject.push_str(&escape_subject_value(&value));
+                }
                 TemplatePart::Claim(claim_name) => {
                     let value = claims
                         .clone()
@@ -290,6 +377,8 @@ pub struct ClaimsInput<'a> {
     pub audiences: &'a [String],
     /// Token lifetime: `exp` is `iat` plus this.
     pub lifetime: Duration,
+    /// The pod of a per-pod token.
+    pub pod: Option<&'a PodBinding>,
 }
 
 /// The claims every token of one identity carries, checked and rendered once: `iss`, `sub`,
@@ -309,10 +398,30 @@ impl ClaimTemplate {
         check_claim_list(input.issuer_claims)?;
         check_claim_list(input.identity_claims)?;
         check_no_override(input.issuer_claims, input.identity_claims)?;
+        if let Some(pod) = input.pod {
+            check_claim_list(&pod.ci_claims)?;
+            let set_elsewhere = |name: &str| {
+                input
+                    .issuer_claims
+                    .iter()
+                    .chain(input.identity_claims)
+                    .any(|claim| claim.name == name)
+            };
+            if let Some(claim) = pod
+                .ci_claims
+                .iter()
+                .find(|claim| set_elsewhere(&claim.name))
+            {
+                return Err(ClaimsError::PodClaimConflict {
+                    name: claim.name.clone(),
+                });
+            }
+        }
         let subject = input.subject_template.render(
             input.namespace,
             input.name,
             input.identity_claims.iter().chain(input.issuer_claims),
+            input.pod,
         )?;
         let audience = match input.audiences {
             [single] => Value::String(single.clone()),
@@ -326,6 +435,14 @@ impl ClaimTemplate {
         claims.insert("identity".into(), input.name.into());
         for claim in input.issuer_claims.iter().chain(input.identity_claims) {
             claims.insert(claim.name.clone(), claim.validated_value()?);
+        }
+        if let Some(pod) = input.pod {
+            claims.insert("pod".into(), pod.name.clone().into());
+            claims.insert("pod_uid".into(), pod.uid.clone().into());
+            claims.insert("service_account".into(), pod.service_account.clone().into());
+            for claim in &pod.ci_claims {
+                claims.insert(claim.name.clone(), claim.validated_value()?);
+            }
         }
         Ok(Self {
             claims,
@@ -415,6 +532,7 @@ mod tests {
                 identity_claims: &self.identity_claims,
                 audiences: &self.audiences,
                 lifetime: Duration::from_hours(1),
+                pod: None,
             })?;
             Ok(template.token_claims(at(1_800_000_000), "token-1"))
         }
@@ -462,6 +580,7 @@ mod tests {
             identity_claims: &fixture.identity_claims,
             audiences: &fixture.audiences,
             lifetime: Duration::from_mins(10),
+            pod: None,
         })
         .expect("claims");
         let claims = template.token_claims(
@@ -575,7 +694,9 @@ mod tests {
             Claim::string("ref", "refs/tags/v1:rc%2"),
         ];
         assert_eq!(
-            template.render("ci", "deploy", &claims).expect("renders"),
+            template
+                .render("ci", "deploy", &claims, None)
+                .expect("renders"),
             "repo:acme/web:ref:refs/tags/v1%3Arc%252:ci/deploy"
         );
         let typed = SubjectTemplate::parse("{claims.n}-{claims.b}").expect("parses");
@@ -584,7 +705,8 @@ mod tests {
                 .render(
                     "ns",
                     "n",
-                    &[Claim::integer("n", -3), Claim::boolean("b", true)]
+                    &[Claim::integer("n", -3), Claim::boolean("b", true)],
+                    None
                 )
                 .expect("renders"),
             "-3-true"
@@ -596,7 +718,7 @@ mod tests {
         let template = SubjectTemplate::parse("{claims.a}").expect("parses");
         let render = |value: &str| {
             template
-                .render("ns", "n", &[Claim::string("a", value)])
+                .render("ns", "n", &[Claim::string("a", value)], None)
                 .expect("renders")
         };
         assert_ne!(render("x:y"), render("x%3Ay"));
@@ -609,7 +731,7 @@ mod tests {
         let template = SubjectTemplate::parse(TEMPLATE).expect("parses");
         assert_eq!(
             template
-                .render("team-a", "web.deploy", &[])
+                .render("team-a", "web.deploy", &[], None)
                 .expect("renders"),
             "system:fedid:team-a:web.deploy"
         );

@@ -24,6 +24,7 @@ pub mod exchange;
 pub mod identity;
 pub mod issuer;
 pub mod label_selector;
+pub mod pod;
 pub mod reason;
 pub mod time;
 pub mod timing;

@@ -219,6 +219,24 @@ reasons! {
     // I/O.
     /// A Kubernetes API call failed.
     ApiError,
+
+    // Per-pod tokens.
+    /// FederatedIdentity with `spec.pods`: valid; each opted-in pod gets its own token.
+    PodTemplate,
+    /// FederatedIdentity: the issuer's `sub` template uses `{pod.*}` or `{ci.*}` but the identity has no `spec.pods`.
+    SubjectNeedsPod,
+    /// Pod: a claim taken from the pod has the name of an issuer or identity claim.
+    PodClaimConflict,
+    /// Pod: its `fedid.dev/identity` label names no FederatedIdentity in its namespace.
+    IdentityNotFound,
+    /// Pod: the FederatedIdentity it names has no `spec.pods`.
+    PodsNotEnabled,
+    /// Pod: its service account is not in the identity's `spec.pods.serviceAccounts`.
+    ServiceAccountNotAllowed,
+    /// Pod: a required CI label or annotation is missing or empty.
+    MissingPodClaim,
+    /// Pod: it was created without passing fedid's webhook (no `fedid.dev/secret-name` annotation).
+    PodNotInjected,
 }
 
 impl fmt::Display for Reason {
@@ -362,7 +380,15 @@ mod tests {
                 "KeyGenerationFailed",
                 "InvalidPrivateKey",
                 "InvalidPublicKey",
-                "ApiError"
+                "ApiError",
+                "PodTemplate",
+                "SubjectNeedsPod",
+                "PodClaimConflict",
+                "IdentityNotFound",
+                "PodsNotEnabled",
+                "ServiceAccountNotAllowed",
+                "MissingPodClaim",
+                "PodNotInjected"
             ]
         );
     }

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use fedid_core::{
     conditions::ready_condition,
     crd::ExchangeSpec,
+    crd::pods::POD_IDENTITY_LABEL,
     crd::{FederatedIdentity, IdentityIssuer},
     credentials::secret::IDENTITY_LABEL,
     exchange::{CA_BUNDLE_LABEL, CLIENT_CREDENTIALS_LABEL},
     issuer::{key_store::ISSUER_LABEL, status::IssuerChange},
 };
 use futures::{StreamExt, stream};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use kube::{
     Api, Client, ResourceExt,
     api::PartialObjectMeta,
@@ -35,6 +36,7 @@ use crate::{
         reconcile::{self as issuer, IssuerContext},
         registry::IssuerRegistry,
     },
+    pod::reconcile::{self as pod_reconcile, PodContext},
     runtime::{
         context::Context,
         metrics::{ConditionLabels, IdentityLabels, IdentityObservation},
@@ -47,6 +49,7 @@ use crate::{
 /// the fedid-labelled Secrets they own, on every issuer change that concerns them (see
 /// [`identities_concerned`]), and on label changes of their namespace. Issuers are reconciled on their own changes and on changes of
 /// their key-ring Secrets in the operator's namespace.
+#[expect(clippy::too_many_arguments)]
 pub async fn run_controllers(
     client: Client,
     ctx: Arc<Context>,
@@ -54,8 +57,24 @@ pub async fn run_controllers(
     identities: Store<FederatedIdentity>,
     identity_writer: reflector::store::Writer<FederatedIdentity>,
     issuer_changes: mpsc::Receiver<IssuerChange>,
+    token_request_ca: Option<String>,
     stop: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
+    // Opted-in pods, stripped to what their tokens need. Changes of their Secrets and of
+    // their identities requeue them through `pod_triggers`.
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pod_events = watcher(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(POD_IDENTITY_LABEL),
+    )
+    .default_backoff()
+    .modify(strip_pod)
+    .reflect(pod_writer)
+    .touched_objects();
+    let (pod_triggers, pod_triggered) = mpsc::channel::<ObjectRef<Pod>>(4096);
+    let secret_pod_triggers = pod_triggers.clone();
+    let identity_pod_triggers = pod_triggers;
+    let pods_of_identity = pods.clone();
     let identity_events = watcher(
         Api::<FederatedIdentity>::all(client.clone()),
         watcher::Config::default(),
@@ -65,7 +84,14 @@ pub async fn run_controllers(
     .reflect(identity_writer)
     .touched_objects()
     // Status writes do not change the generation: they must not trigger a pass.
-    .predicate_filter(predicates::generation, Default::default());
+    .predicate_filter(predicates::generation, Default::default())
+    .inspect(move |identity| {
+        if let Ok(identity) = identity {
+            for pod in pods_using(&pods_of_identity, identity) {
+                let _ = identity_pod_triggers.try_send(pod);
+            }
+        }
+    });
     let (secrets, secret_writer) = reflector::store::<Secret>();
     let secret_events = watcher(
         Api::<Secret>::all(client.clone()),
@@ -74,7 +100,14 @@ pub async fn run_controllers(
     .default_backoff()
     .modify(|secret| secret.managed_fields_mut().clear())
     .reflect(secret_writer)
-    .touched_objects();
+    .touched_objects()
+    .inspect(move |secret| {
+        if let Ok(secret) = secret
+            && let Some(pod) = owning_pod(secret)
+        {
+            let _ = secret_pod_triggers.try_send(pod);
+        }
+    });
     // Namespaces' metadata only: their labels decide selector policies. A label change
     // requeues the identities in that namespace.
     let (namespaces, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
@@ -127,6 +160,7 @@ pub async fn run_controllers(
     let ca_bundle_mapping_store = identities.clone();
     let namespace_mapping_store = identities.clone();
     let credentials_mapping_store = identities.clone();
+    let pod_identities = identities.clone();
     let identity_ctx = Arc::new(IdentityContext {
         shared: ctx.clone(),
         registry,
@@ -142,6 +176,27 @@ pub async fn run_controllers(
         )),
         backoffs: ExchangeBackoffs::default(),
     });
+    let pod_ctx = Arc::new(PodContext::new(
+        identity_ctx.clone(),
+        pod_identities,
+        token_request_ca,
+    ));
+    let pod_controller = Controller::for_stream(pod_events, pods)
+        .reconcile_on(stream::unfold(pod_triggered, |mut receiver| async move {
+            receiver.recv().await.map(|pod| (pod, receiver))
+        }))
+        .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
+        .graceful_shutdown_on(stop.clone())
+        .run(
+            pod_reconcile::reconcile,
+            pod_reconcile::error_policy,
+            pod_ctx,
+        )
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                debug!(%error, "pod controller");
+            }
+        });
     let identity_controller = Controller::for_stream(identity_events, identities)
         .owns_stream(secret_events)
         .reconcile_on(
@@ -200,7 +255,45 @@ pub async fn run_controllers(
             debug!(%error, "issuer controller");
         }
     });
-    tokio::join!(identity_controller, issuer_controller);
+    tokio::join!(identity_controller, issuer_controller, pod_controller);
+}
+
+/// Keeps of a pod what its token needs (metadata, service account, phase): the cache of
+/// opted-in pods stays small however large their specs are.
+pub fn strip_pod(pod: &mut Pod) {
+    pod.managed_fields_mut().clear();
+    if let Some(spec) = pod.spec.as_mut() {
+        *spec = k8s_openapi::api::core::v1::PodSpec {
+            service_account_name: spec.service_account_name.take(),
+            ..k8s_openapi::api::core::v1::PodSpec::default()
+        };
+    }
+    if let Some(status) = pod.status.as_mut() {
+        *status = k8s_openapi::api::core::v1::PodStatus {
+            phase: status.phase.take(),
+            ..k8s_openapi::api::core::v1::PodStatus::default()
+        };
+    }
+}
+
+/// The pod that controls `secret`, if a pod does.
+pub fn owning_pod(secret: &Secret) -> Option<ObjectRef<Pod>> {
+    let owner = secret.owner_references().iter().find(|owner| {
+        owner.controller == Some(true) && owner.kind == "Pod" && owner.api_version == "v1"
+    })?;
+    Some(ObjectRef::new(&owner.name).within(&secret.namespace()?))
+}
+
+/// The cached pods that opted into `identity`.
+pub fn pods_using(pods: &Store<Pod>, identity: &FederatedIdentity) -> Vec<ObjectRef<Pod>> {
+    let namespace = identity.namespace();
+    let name = identity.name_any();
+    pods.state()
+        .iter()
+        .filter(|pod| pod.namespace() == namespace)
+        .filter(|pod| fedid_core::pod::identity_name(pod) == Some(name.as_str()))
+        .map(|pod| ObjectRef::from_obj(pod.as_ref()))
+        .collect()
 }
 
 /// The registry's change notifications as a watch stream.

@@ -18,3 +18,4 @@ pub mod serve;
 
 #[cfg(test)]
 pub mod fixtures;
+pub mod pod;

@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the operator.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as one multi-document YAML stream.
     Crds(CrdsArgs),
     /// Decode or verify tokens.
@@ -67,7 +67,7 @@ async fn execute(cli: Cli) -> Result<()> {
     };
     init_logging(log_format, default_filter)?;
     match cli.command {
-        Command::Run(args) => cli::run::run(args).await,
+        Command::Run(args) => cli::run::run(*args).await,
         Command::Crds(args) => cli::crds::print_crds(&args),
         Command::Token {
             command: TokenCommand::Decode(args),
@@ -75,6 +75,9 @@ async fn execute(cli: Cli) -> Result<()> {
         Command::Token {
             command: TokenCommand::Verify(args),
         } => cli::token::verify(&args).await,
+        Command::Token {
+            command: TokenCommand::Request(args),
+        } => cli::token::request(&args).await,
         Command::Issuer {
             command: IssuerCommand::Files(args),
         } => cli::issuer::issuer_files(args).await,

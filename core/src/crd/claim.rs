@@ -16,6 +16,9 @@ pub const RESERVED_CLAIMS: &[&str] = &[
     "jti",
     "namespace",
     "identity",
+    "pod",
+    "pod_uid",
+    "service_account",
 ];
 
 /// Longest accepted claim name.
@@ -36,13 +39,13 @@ pub const MAX_CLAIMS: usize = 32;
 #[x_kube(
     validation = Rule::new("(has(self.string) ? 1 : 0) + (has(self.boolean) ? 1 : 0) + (has(self.integer) ? 1 : 0) == 1")
         .message("exactly one of string, boolean, integer must be set"),
-    validation = Rule::new("!(self.name in ['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'namespace', 'identity'])")
-        .message("claim name is reserved: iss, sub, aud, exp, nbf, iat, jti, namespace and identity are set by fedid")
+    validation = Rule::new("!(self.name in ['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'namespace', 'identity', 'pod', 'pod_uid', 'service_account'])")
+        .message("claim name is reserved: iss, sub, aud, exp, nbf, iat, jti, namespace, identity, pod, pod_uid and service_account are set by fedid")
 )]
 pub struct Claim {
     /// Claim name as it appears in the token: 1 to 64 characters, starting with a letter or
     /// underscore, followed by letters, digits and `_ . : / -`. The names iss, sub, aud, exp,
-    /// nbf, iat, jti, namespace and identity are reserved.
+    /// nbf, iat, jti, namespace, identity, pod, pod_uid and service_account are reserved.
     #[schemars(
         length(min = 1, max = 64),
         regex(pattern = r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
@@ -77,8 +80,8 @@ pub enum ClaimError {
     },
     /// The name is one fedid sets itself.
     #[error(
-        "claim name {name:?} is reserved: iss, sub, aud, exp, nbf, iat, jti, namespace and \
-         identity are set by fedid"
+        "claim name {name:?} is reserved: iss, sub, aud, exp, nbf, iat, jti, namespace, \
+         identity, pod, pod_uid and service_account are set by fedid"
     )]
     Reserved {
         /// The offending name.

@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube_derive::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{claim::Claim, duration::Duration, exchange::ExchangeSpec};
+use super::{claim::Claim, duration::Duration, exchange::ExchangeSpec, pods::PodsSpec};
 
 /// Regular expression for a DNS-1123 subdomain, the format of Secret names.
 pub const DNS_SUBDOMAIN_PATTERN: &str =
@@ -61,6 +61,18 @@ pub const MAX_AUDIENCES: usize = 10;
     validation = Rule::new("!has(self.output) || !has(self.output.includeSubjectToken) || self.output.includeSubjectToken || !has(self.exchange) || !has(self.exchange.gcp)")
         .message("output.includeSubjectToken: false cannot be used with exchange.gcp: its external_account.json reads the token file")
 )]
+#[x_kube(
+    validation = Rule::new("!has(self.pods) || !has(self.pods.mountPath) || !has(self.exchange) || ((!has(self.exchange.aws) || self.exchange.aws.mountPath == self.pods.mountPath) && (!has(self.exchange.gcp) || self.exchange.gcp.mountPath == self.pods.mountPath))")
+        .message("pods.mountPath must equal the exchange's mountPath: the files fedid writes name that path")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.pods) || !has(self.pods.awsRoleARN) || !has(self.exchange) || !has(self.exchange.aws)")
+        .message("pods.awsRoleARN is for SDKs that exchange the token themselves; with exchange.aws fedid already holds the role's credentials")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.pods) || !has(self.secretName)")
+        .message("secretName cannot be used with pods: each pod gets a Secret named by the webhook")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct FederatedIdentitySpec {
     /// Name of the IdentityIssuer that signs the token. When omitted, the issuer annotated
@@ -110,6 +122,13 @@ pub struct FederatedIdentitySpec {
     /// What the Secret holds besides the exchanged credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputSpec>,
+
+    /// Make the identity a template for CI job pods: every pod labelled
+    /// `fedid.dev/identity: <name>` in this namespace gets its own token, with the pod's and
+    /// the CI job's claims, in a Secret owned by the pod. The identity itself then writes no
+    /// Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodsSpec>,
 }
 
 /// The output Secret's contents.

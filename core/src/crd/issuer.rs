@@ -107,14 +107,16 @@ pub struct IdentityIssuerSpec {
     pub claims: Vec<Claim>,
 
     /// Template for the `sub` claim. Placeholders: `{namespace}` and `{name}` of the
-    /// FederatedIdentity, and `{claims.<claimName>}` for the value of an identity or issuer
-    /// claim (`%` and `:` in claim values are written as `%25` and `%3A`). Defaults to
+    /// FederatedIdentity, `{claims.<claimName>}` for the value of an identity or issuer
+    /// claim, and for per-pod tokens (identities with `spec.pods`) `{pod.name}`, `{pod.uid}`,
+    /// `{pod.serviceAccount}` and `{ci.<claimName>}` for a claim taken from the pod (`%` and
+    /// `:` in values are written as `%25` and `%3A`). Defaults to
     /// `system:fedid:{namespace}:{name}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     #[x_kube(
-        validation = Rule::new(r"self.matches('^([^{}]|\\{(namespace|name|claims\\.[A-Za-z_][A-Za-z0-9_.:/-]*)\\})*$')")
-            .message("subjectTemplate may only use the placeholders {namespace}, {name} and {claims.<claimName>}")
+        validation = Rule::new(r"self.matches('^([^{}]|\\{(namespace|name|pod\\.name|pod\\.uid|pod\\.serviceAccount|(claims|ci)\\.[A-Za-z_][A-Za-z0-9_.:/-]*)\\})*$')")
+            .message("subjectTemplate may only use the placeholders {namespace}, {name}, {claims.<claimName>}, {pod.name}, {pod.uid}, {pod.serviceAccount} and {ci.<claimName>}")
     )]
     pub subject_template: Option<String>,
 

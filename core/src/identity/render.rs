@@ -158,6 +158,7 @@ mod tests {
             identity_claims: &[],
             audiences: &["sts.amazonaws.com".to_owned()],
             lifetime: Duration::from_hours(1),
+            pod: None,
         })
         .expect("claims");
         ValidatedIdentity {

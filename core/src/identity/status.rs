@@ -261,6 +261,50 @@ pub fn report(
     (status, delay)
 }
 
+/// The report of a pod template (an identity with `spec.pods`) that passed validation: Ready
+/// with [`Reason::PodTemplate`], no token fields (the identity writes no Secret of its own),
+/// and an Event when it became so.
+pub fn template_report(
+    identity_name: &str,
+    issuer: &str,
+    generation: Option<i64>,
+    previous: &FederatedIdentityStatus,
+    now: Timestamp,
+) -> (FederatedIdentityStatus, Option<EventNote>) {
+    let mut status = FederatedIdentityStatus {
+        conditions: previous.conditions.clone(),
+        observed_generation: generation,
+        issuer: Some(issuer.to_owned()),
+        ..FederatedIdentityStatus::default()
+    };
+    status
+        .conditions
+        .retain(|condition| condition.type_ != CREDENTIALS_FRESH);
+    let message = format!(
+        "pods labelled {}={identity_name} in this namespace get their own tokens",
+        crate::crd::pods::POD_IDENTITY_LABEL
+    );
+    set_condition(
+        &mut status.conditions,
+        ConditionUpdate {
+            type_: crate::conditions::READY,
+            status: ConditionStatus::True,
+            reason: Reason::PodTemplate,
+            message: message.clone(),
+            observed_generation: generation,
+        },
+        now,
+    );
+    let event =
+        (ready_state(&previous.conditions) != ready_state(&status.conditions)).then_some(EventNote {
+            severity: Severity::Normal,
+            reason: Reason::PodTemplate,
+            action: "Validate",
+            note: message,
+        });
+    (status, event)
+}
+
 /// When a failed exchange allows the next request: `lastExchange.nextAttemptAt` with the
 /// generation it was decided for; `None` after a success.
 pub fn next_exchange_attempt(status: &FederatedIdentityStatus) -> Option<NextAttempt> {

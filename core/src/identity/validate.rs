@@ -88,6 +88,9 @@ pub fn validate_identity_spec(
     min_lifetime: std::time::Duration,
 ) -> Result<ValidatedSpec, IdentitySpecError> {
     let lifetime = spec.lifetime.unwrap_or(issuer.default_lifetime);
+    // A pod template is checked with a stand-in pod: each pod's own claims are rendered when
+    // it is bound (`crate::pod::bind`).
+    let sample_pod = spec.pods.as_ref().map(crate::pod::sample_binding);
     let claims = ClaimTemplate::build(&ClaimsInput {
         issuer_url: issuer.issuer_url.as_str(),
         subject_template: &issuer.subject_template,
@@ -97,6 +100,7 @@ pub fn validate_identity_spec(
         identity_claims: &spec.claims,
         audiences: &spec.audiences,
         lifetime,
+        pod: sample_pod.as_ref(),
     })?;
     if lifetime.to_std() < min_lifetime {
         return Err(IdentitySpecError::LifetimeTooShort {

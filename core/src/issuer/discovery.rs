@@ -352,7 +352,7 @@ mod tests {
                 "id_token_signing_alg_values_supported": ["RS256", "ES256"],
                 "claims_supported": [
                     "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "namespace", "identity",
-                    "cluster"
+                    "pod", "pod_uid", "service_account", "cluster"
                 ],
             })
         );

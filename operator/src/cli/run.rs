@@ -5,7 +5,15 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use axum_server::tls_rustls::RustlsConfig;
 use clap::{Args, ValueEnum};
+use fedid::{
+    controllers::strip_pod,
+    pod::{
+        server::{self as pod_server, PodServerState, RequestBudget},
+        tls,
+    },
+};
 use fedid::{
     controllers::{observe, run_controllers},
     issuer::registry::{IssuerRegistry, sync_registry},
@@ -16,9 +24,16 @@ use fedid::{
     },
     serve::http::{self, AppState, ServerConfig, TlsFiles},
 };
-use fedid_core::crd::FederatedIdentity;
-use futures::FutureExt;
-use kube::{Client, runtime::reflector};
+use fedid_core::{
+    crd::{FederatedIdentity, pods::POD_IDENTITY_LABEL},
+    pod::mutate::InjectSettings,
+};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
@@ -104,6 +119,65 @@ pub struct RunArgs {
     /// dies without releasing it.
     #[arg(long, env = "FEDID_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub leader_election_lease_duration: Duration,
+
+    /// Address of the pod server (HTTPS, every replica): the mutating webhook `POST /mutate`
+    /// and the token endpoint `POST /v1/token`. Not served when omitted.
+    #[arg(long, env = "FEDID_POD_SERVER_ADDR")]
+    pub pod_server_addr: Option<SocketAddr>,
+
+    /// PEM certificate of the pod server, kept current by another tool (cert-manager); fedid
+    /// reloads it every minute. Without it fedid generates a CA and certificate into
+    /// `--pod-tls-secret-name`.
+    #[arg(long, env = "FEDID_POD_TLS_CERT_FILE", requires_all = ["pod_tls_key_file", "pod_tls_ca_file"])]
+    pub pod_tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of `--pod-tls-cert-file`.
+    #[arg(long, env = "FEDID_POD_TLS_KEY_FILE", requires = "pod_tls_cert_file")]
+    pub pod_tls_key_file: Option<PathBuf>,
+
+    /// PEM CA of `--pod-tls-cert-file`, written into pod Secrets for the token endpoint's
+    /// clients.
+    #[arg(long, env = "FEDID_POD_TLS_CA_FILE", requires = "pod_tls_cert_file")]
+    pub pod_tls_ca_file: Option<PathBuf>,
+
+    /// Secret in the operator namespace holding the generated CA and certificate (created by
+    /// the first replica that needs it; delete it to generate new ones).
+    #[arg(
+        long,
+        env = "FEDID_POD_TLS_SECRET_NAME",
+        default_value = "fedid-pod-server-tls"
+    )]
+    pub pod_tls_secret_name: String,
+
+    /// DNS names and IP addresses of the generated certificate, comma-separated (default
+    /// `fedid-pods.<namespace>.svc`).
+    #[arg(long, env = "FEDID_POD_TLS_HOSTS", value_delimiter = ',')]
+    pub pod_tls_hosts: Vec<String>,
+
+    /// MutatingWebhookConfiguration whose webhooks get the generated CA as `caBundle`.
+    #[arg(long, env = "FEDID_WEBHOOK_CONFIGURATION")]
+    pub webhook_configuration: Option<String>,
+
+    /// URL pods reach the token endpoint at, injected as `FEDID_TOKEN_URL` (default
+    /// `https://<first --pod-tls-hosts>/v1/token`).
+    #[arg(long, env = "FEDID_POD_TOKEN_URL")]
+    pub token_url: Option<String>,
+
+    /// Audience of the projected service-account token pods send to the token endpoint.
+    #[arg(
+        long,
+        env = "FEDID_TOKEN_REQUEST_AUDIENCE",
+        default_value = "fedid.dev/token-request"
+    )]
+    pub token_request_audience: String,
+
+    /// Token requests per second each pod may make.
+    #[arg(long, env = "FEDID_TOKEN_REQUEST_QPS", default_value_t = 1.0, value_parser = parse_rate)]
+    pub token_request_qps: f64,
+
+    /// Token requests each pod may make at once before `--token-request-qps` applies.
+    #[arg(long, env = "FEDID_TOKEN_REQUEST_BURST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub token_request_burst: u32,
 }
 
 fn parse_rate(input: &str) -> Result<f64, String> {
@@ -167,6 +241,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         issuer_changes,
     ));
     let (identities, identity_writer) = reflector::store::<FederatedIdentity>();
+    let token_request_ca = match args.pod_server_addr {
+        Some(addr) => Some(
+            start_pod_server(
+                &args,
+                addr,
+                &client,
+                &namespace,
+                registry.clone(),
+                metrics.clone(),
+                stop.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let observed = identities.clone();
     let tls = match (args.tls_cert_file, args.tls_key_file) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
@@ -230,6 +319,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             identities,
             identity_writer,
             issuer_changed,
+            token_request_ca,
             writers_stop,
         )
         .await;
@@ -251,6 +341,135 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     match election.await.context("the leader election task failed")? {
         Err(lost) => Err(lost).context("stopping: another replica may lead now"),
         Ok(()) => Err(anyhow::anyhow!("the controllers stopped unexpectedly")),
+    }
+}
+
+/// Starts the pod server (webhook and token endpoint) with its own caches of opted-in pods and
+/// FederatedIdentities; returns the CA pods trust for the token endpoint.
+async fn start_pod_server(
+    args: &RunArgs,
+    addr: SocketAddr,
+    client: &Client,
+    namespace: &str,
+    registry: Arc<IssuerRegistry>,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<String> {
+    let hosts = if args.pod_tls_hosts.is_empty() {
+        vec![format!("fedid-pods.{namespace}.svc")]
+    } else {
+        args.pod_tls_hosts.clone()
+    };
+    let (tls, ca) = match (
+        &args.pod_tls_cert_file,
+        &args.pod_tls_key_file,
+        &args.pod_tls_ca_file,
+    ) {
+        (Some(cert), Some(key), Some(ca)) => {
+            let tls = RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!("failed to load {} and {}", cert.display(), key.display())
+                })?;
+            tokio::spawn(reload_pod_certificate(
+                tls.clone(),
+                cert.clone(),
+                key.clone(),
+            ));
+            let ca = tokio::fs::read_to_string(ca)
+                .await
+                .with_context(|| format!("failed to read {}", ca.display()))?;
+            (tls, ca)
+        }
+        _ => {
+            let generated =
+                tls::load_or_create(client, namespace, &args.pod_tls_secret_name, &hosts)
+                    .await
+                    .context("failed to prepare the pod server's certificate")?;
+            let tls = RustlsConfig::from_pem(
+                generated.cert_pem.clone().into_bytes(),
+                generated.key_pem.clone().into_bytes(),
+            )
+            .await
+            .context("failed to load the generated certificate")?;
+            if let Some(configuration) = &args.webhook_configuration {
+                tokio::spawn(keep_ca_bundle(
+                    client.clone(),
+                    configuration.clone(),
+                    generated.ca_pem.clone(),
+                ));
+            }
+            (tls, generated.ca_pem)
+        }
+    };
+    let (identities, identity_writer) = reflector::store::<FederatedIdentity>();
+    let identity_cache = watcher(
+        Api::<FederatedIdentity>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|identity| identity.managed_fields_mut().clear())
+    .reflect(identity_writer)
+    .for_each(|_| async {});
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pod_cache = watcher(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(POD_IDENTITY_LABEL),
+    )
+    .default_backoff()
+    .modify(strip_pod)
+    .reflect(pod_writer)
+    .for_each(|_| async {});
+    tokio::spawn(identity_cache);
+    tokio::spawn(pod_cache);
+    let token_url = args
+        .token_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{}/v1/token", hosts[0]));
+    let state = Arc::new(PodServerState::new(
+        client.clone(),
+        registry,
+        identities,
+        pods,
+        metrics,
+        InjectSettings {
+            token_url: Some(token_url),
+            token_request_audience: args.token_request_audience.clone(),
+        },
+        args.min_token_lifetime,
+        RequestBudget {
+            qps: args.token_request_qps,
+            burst: args.token_request_burst,
+        },
+    ));
+    tokio::spawn(async move {
+        if let Err(error) = pod_server::serve(addr, tls, state, stopped(stop)).await {
+            tracing::error!(%error, %addr, "the pod server failed");
+        }
+    });
+    Ok(ca)
+}
+
+/// Reloads a certificate another tool renews.
+async fn reload_pod_certificate(tls: RustlsConfig, cert: PathBuf, key: PathBuf) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(60));
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        if let Err(error) = tls.reload_from_pem_file(&cert, &key).await {
+            tracing::warn!(%error, cert = %cert.display(), "keeping the pod server's certificate: reload failed");
+        }
+    }
+}
+
+/// Keeps the generated CA in the webhook configuration (a `helm upgrade` may reset it).
+async fn keep_ca_bundle(client: Client, configuration: String, ca: String) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        ticker.tick().await;
+        if let Err(error) = tls::ensure_ca_bundle(&client, &configuration, &ca).await {
+            tracing::warn!(error = %fedid_core::reason::message_chain(&error), "retrying in a minute");
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! `fedid token decode` and `fedid token verify`: offline helpers for the tokens fedid writes.
+//! `fedid token decode` and `fedid token verify`: offline helpers for the tokens fedid writes;
+//! `fedid token request`: a pod asks fedid's token endpoint for a token.
 
 use std::{
     io::Read,
@@ -23,6 +24,38 @@ pub enum TokenCommand {
     Decode(DecodeArgs),
     /// Verify a token's signature, audience, issuer and validity period against a JWKS.
     Verify(VerifyArgs),
+    /// Inside a pod that opted in: ask fedid's token endpoint for a token with an audience and
+    /// print it.
+    Request(RequestArgs),
+}
+
+/// Default path of the projected service-account token the webhook mounts.
+pub const DEFAULT_REQUEST_TOKEN_FILE: &str = "/var/run/secrets/fedid-request/token";
+
+/// Default path of the token endpoint's CA in the pod's Secret.
+pub const DEFAULT_TOKEN_CA_FILE: &str = "/var/run/secrets/fedid/token-request-ca.crt";
+
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// Audience of the token (must be in the identity's `spec.pods.allowedAudiences`).
+    #[arg(long)]
+    pub audience: String,
+
+    /// Lifetime of the token, for example `15m` (default: the identity's).
+    #[arg(long)]
+    pub lifetime: Option<String>,
+
+    /// The token endpoint (set in the pod by fedid's webhook).
+    #[arg(long, env = "FEDID_TOKEN_URL")]
+    pub url: String,
+
+    /// The pod's projected service-account token for fedid.
+    #[arg(long, default_value = DEFAULT_REQUEST_TOKEN_FILE)]
+    pub token_file: PathBuf,
+
+    /// PEM CA of the token endpoint (set in the pod by fedid's webhook).
+    #[arg(long, env = "FEDID_TOKEN_CA_FILE", default_value = DEFAULT_TOKEN_CA_FILE)]
+    pub ca_file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -155,4 +188,48 @@ async fn fetch(url: &str, ca_file: Option<&Path>) -> Result<Vec<u8>> {
         }
     }
     Ok(body)
+}
+
+/// `fedid token request`: POSTs `{audience, lifetime}` with the projected token as bearer and
+/// prints the JWT; a refusal prints the endpoint's error and exits non-zero.
+pub async fn request(args: &RequestArgs) -> Result<()> {
+    let bearer = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("failed to read {}", args.token_file.display()))?;
+    let pem = std::fs::read(&args.ca_file)
+        .with_context(|| format!("failed to read {}", args.ca_file.display()))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .with_context(|| format!("{} holds no PEM certificate", args.ca_file.display()))?;
+    let mut builder = reqwest::Client::builder()
+        .timeout(JWKS_FETCH_TIMEOUT)
+        .tls_certs_only(certificates);
+    builder = builder.redirect(reqwest::redirect::Policy::none());
+    let client = builder
+        .build()
+        .context("failed to set up the HTTP client")?;
+    let mut body = json!({"audience": args.audience});
+    if let Some(lifetime) = &args.lifetime {
+        body["lifetime"] = json!(lifetime);
+    }
+    let response = client
+        .post(&args.url)
+        .bearer_auth(bearer.trim())
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("failed to reach {}", args.url))?;
+    let status = response.status();
+    let reply: Value = response
+        .json()
+        .await
+        .with_context(|| format!("{} answered {status} without JSON", args.url))?;
+    if !status.is_success() {
+        bail!(
+            "{status}: {} ({})",
+            reply["error_description"].as_str().unwrap_or_default(),
+            reply["error"].as_str().unwrap_or_default()
+        );
+    }
+    let token = reply["token"].as_str().context("the reply has no token")?;
+    println!("{token}");
+    Ok(())
 }

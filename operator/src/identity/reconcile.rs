@@ -26,7 +26,7 @@ use fedid_core::{
         render::{leftover_entries, render_secret},
         status::{
             ExchangeAttempt, Outcome, exchange_backoff_pending, next_exchange_attempt,
-            report as decide_report, transition_event,
+            report as decide_report, template_report, transition_event,
         },
         validate::{ValidateError, ValidatedIdentity, validate},
     },
@@ -227,9 +227,9 @@ impl Failure for ReportError {
 }
 
 /// What the fetch phase gathered for one pass.
-struct Fetched {
-    issuer: Arc<LoadedIssuer>,
-    namespace_labels: Option<std::collections::BTreeMap<String, String>>,
+pub(crate) struct Fetched {
+    pub(crate) issuer: Arc<LoadedIssuer>,
+    pub(crate) namespace_labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Reconciles one FederatedIdentity.
@@ -263,12 +263,29 @@ pub async fn reconcile(
     }
     shared.metrics.count_reconcile("identity");
     let mut attempt = None;
-    let result = run_pipeline(&identity, &ctx, now, &mut attempt).await;
+    let result = match run_pipeline(&identity, &ctx, now, &mut attempt).await {
+        Ok(Passed::Template { issuer }) => {
+            return report_template(&identity, &ctx, &issuer, now).await;
+        }
+        Ok(Passed::Issued(issued)) => Ok(issued),
+        Err(error) => Err(error),
+    };
     let outcome: Outcome<'_> = match &result {
         Ok(issued) => Ok(issued),
         Err(error) => Err(error),
     };
     report(&identity, &ctx, outcome, attempt.as_ref(), now).await
+}
+
+/// What a successful pass of the pipeline produced.
+enum Passed {
+    /// The identity's token is in its Secret.
+    Issued(Issued),
+    /// The identity is a valid pod template: its pods get their own tokens.
+    Template {
+        /// The issuer that signs them.
+        issuer: String,
+    },
 }
 
 /// The phases up to apply; the result is what report publishes, with the exchange request
@@ -278,7 +295,7 @@ async fn run_pipeline(
     ctx: &IdentityContext,
     now: Timestamp,
     attempt: &mut Option<ExchangeAttempt>,
-) -> Result<Issued, IdentityError> {
+) -> Result<Passed, IdentityError> {
     let settings = &ctx.shared.settings;
     let fetched = fetch(identity, ctx)?;
     let config = fetched
@@ -293,6 +310,12 @@ async fn run_pipeline(
         fetched.namespace_labels.as_ref(),
         settings.min_token_lifetime,
     )?;
+    if identity.spec.pods.is_some() {
+        // A pod template writes no Secret of its own: the pod controller binds it to pods.
+        return Ok(Passed::Template {
+            issuer: validated.issuer,
+        });
+    }
     let margin = signed(settings.renew_before_expiry);
     let published = fetched.issuer.published_kids(now);
     let existing = ctx
@@ -300,7 +323,7 @@ async fn run_pipeline(
         .current(&validated.namespace, &validated.secret_name);
     let (reason, secret_exists) =
         match plan(&validated, existing.as_deref(), &published, now, margin)? {
-            Plan::Keep(issued) => return Ok(issued),
+            Plan::Keep(issued) => return Ok(Passed::Issued(issued)),
             Plan::Issue {
                 reason,
                 secret_exists,
@@ -321,12 +344,45 @@ async fn run_pipeline(
     )
     .await?;
     ctx.secrets.recent_writes.remember(written);
-    Ok(Issued::written(&validated, &credentials, reason, margin))
+    Ok(Passed::Issued(Issued::written(
+        &validated,
+        &credentials,
+        reason,
+        margin,
+    )))
+}
+
+/// Report for a valid pod template: Ready with `PodTemplate`, written when it changed.
+async fn report_template(
+    identity: &FederatedIdentity,
+    identity_ctx: &IdentityContext,
+    issuer: &str,
+    now: Timestamp,
+) -> Result<Action, ReportError> {
+    let ctx = identity_ctx.shared.as_ref();
+    let previous = identity.status.clone().unwrap_or_default();
+    let (status, event) = template_report(
+        &identity.name_any(),
+        issuer,
+        identity.meta().generation,
+        &previous,
+        now,
+    );
+    if status != previous {
+        write_status(identity, ctx, &status).await?;
+    }
+    if let Some(event) = event {
+        ctx.publish(&identity.object_ref(&()), event).await;
+    }
+    Ok(Action::requeue(fedid_core::reason::RECHECK_INTERVAL))
 }
 
 /// Fetch, from caches only: the issuer from the registry, and the namespace's labels (from the
 /// namespace metadata cache) only when the issuer's policy needs them to decide.
-fn fetch(identity: &FederatedIdentity, ctx: &IdentityContext) -> Result<Fetched, FetchError> {
+pub(crate) fn fetch(
+    identity: &FederatedIdentity,
+    ctx: &IdentityContext,
+) -> Result<Fetched, FetchError> {
     let issuer = resolve_issuer(&ctx.registry, identity.spec.issuer_ref.as_deref())?;
     let namespace = identity.namespace().unwrap_or_default();
     let namespace_labels = issuer.resource.needs_namespace_labels(&namespace).then(|| {
@@ -356,7 +412,7 @@ fn resolve_issuer(
     }
 }
 
-fn unusable_issuer(issuer: &LoadedIssuer, unusable: &Unusable) -> FetchError {
+pub(crate) fn unusable_issuer(issuer: &LoadedIssuer, unusable: &Unusable) -> FetchError {
     FetchError::IssuerNotReady {
         issuer: issuer.name(),
         source: unusable.clone(),
@@ -364,7 +420,7 @@ fn unusable_issuer(issuer: &LoadedIssuer, unusable: &Unusable) -> FetchError {
 }
 
 /// Mint, on the blocking pool (RSA signing must not stall the reconcilers).
-async fn mint_on_blocking_pool(
+pub(crate) async fn mint_on_blocking_pool(
     ctx: &Context,
     issuer: &LoadedIssuer,
     validated: &ValidatedIdentity,
@@ -413,7 +469,7 @@ async fn sign_assertion_on_blocking_pool(
 /// Exchange: without `spec.exchange` the credentials are the token itself. Otherwise the
 /// client secret (from the labelled-Secret cache only), the request the core builds, one POST
 /// within the host's budget, and the core's verdict on the reply, which `attempt` records.
-async fn exchange(
+pub(crate) async fn exchange(
     ctx: &IdentityContext,
     issuer: &LoadedIssuer,
     identity: &ValidatedIdentity,
@@ -577,7 +633,7 @@ fn client_secret(
 /// as fedid last saw it), then removes what the core finds left over from an earlier render. A
 /// create that finds an existing Secret (one fedid cannot see: not ours) is a conflict, never a
 /// takeover.
-async fn apply(
+pub(crate) async fn apply(
     ctx: &Context,
     secret: Secret,
     existing: Option<&Secret>,

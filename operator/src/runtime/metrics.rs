@@ -72,6 +72,14 @@ pub struct ExchangeLabels {
     pub outcome: String,
 }
 
+/// Labels of the pod server's counters: what happened.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// For the webhook `mutated`, `denied` or `error`; for token requests `issued` or the OAuth
+    /// error code of the refusal (`invalid_target`, `access_denied`, …).
+    pub outcome: String,
+}
+
 /// Labels naming an exchange kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -126,6 +134,14 @@ pub struct Metrics {
     /// Exchange requests that waited for the per-host request budget.
     pub exchange_budget_waits: Family<HostLabels, Counter>,
     credentials_expiry: Family<IdentityLabels, Gauge<f64, AtomicU64>>,
+    /// Per-pod tokens minted and written to the pod's Secret, by issuer.
+    pub pod_tokens_issued: Family<IssuerLabels, Counter>,
+    /// Admission reviews answered by the pod webhook, by outcome.
+    pub webhook_reviews: Family<OutcomeLabels, Counter>,
+    /// Time the webhook took to answer one review, in seconds.
+    pub webhook_duration: Histogram,
+    /// Token requests answered at `POST /v1/token`, by outcome.
+    pub token_requests: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -206,7 +222,35 @@ impl Default for Metrics {
             "When the exchanged credentials in each identity's Secret expire (Unix time)",
             credentials_expiry.clone(),
         );
+        let pod_tokens_issued = Family::<IssuerLabels, Counter>::default();
+        registry.register(
+            "pod_tokens_issued",
+            "Per-pod tokens minted and written to the pod's Secret",
+            pod_tokens_issued.clone(),
+        );
+        let webhook_reviews = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_reviews",
+            "Pod admission reviews answered, by outcome (mutated, denied, error)",
+            webhook_reviews.clone(),
+        );
+        let webhook_duration = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
+        registry.register(
+            "webhook_duration_seconds",
+            "Time the pod webhook took to answer one admission review",
+            webhook_duration.clone(),
+        );
+        let token_requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "token_requests",
+            "Requests to POST /v1/token, by outcome (issued, or the OAuth error code)",
+            token_requests.clone(),
+        );
         Self {
+            pod_tokens_issued,
+            webhook_reviews,
+            webhook_duration,
+            token_requests,
             exchange_requests,
             exchange_duration,
             exchange_budget_waits,

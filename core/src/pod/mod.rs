@@ -1,0 +1,543 @@
+//! Per-pod tokens: a FederatedIdentity with `spec.pods` as the template, and a CI job pod
+//! that opted in with the `fedid.dev/identity` label.
+//!
+//! [`bind`] turns the validated identity into the pod's own [`ValidatedIdentity`] (the pod's
+//! binding claims and CI claims, its Secret, owned by the pod), which the identity pipeline's
+//! plan, mint, exchange and render phases then take unchanged. [`mutate`] decides what the
+//! admission webhook adds to a pod; [`token_request`] decides the pull endpoint's answers.
+
+pub mod mutate;
+pub mod presets;
+pub mod token_request;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::OwnerReference};
+
+use crate::{
+    claims::{ClaimTemplate, ClaimsError, ClaimsInput, PodBinding},
+    crd::{
+        Claim, FederatedIdentitySpec,
+        claim::MAX_CLAIM_STRING_LENGTH,
+        pods::{POD_IDENTITY_LABEL, POD_SECRET_ANNOTATION, PodField, PodsSpec},
+    },
+    identity::validate::ValidatedIdentity,
+    issuer::config::IssuerConfig,
+    reason::{Failure, Reason, Retry},
+};
+
+/// The service account a pod runs as when its spec names none.
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+
+/// A pod's lifecycle, as far as its token is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodLifecycle {
+    /// Pending or Running: its token is kept fresh.
+    Live,
+    /// Succeeded or Failed: its Secret is deleted and never refreshed again.
+    Finished,
+    /// Being deleted: garbage collection removes the Secret with it.
+    Terminating,
+}
+
+/// Where `pod` is in its life.
+pub fn lifecycle(pod: &Pod) -> PodLifecycle {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return PodLifecycle::Terminating;
+    }
+    match pod
+        .status
+        .as_ref()
+        .and_then(|status| status.phase.as_deref())
+    {
+        Some("Succeeded" | "Failed") => PodLifecycle::Finished,
+        _ => PodLifecycle::Live,
+    }
+}
+
+/// The FederatedIdentity a pod opted into: the value of its `fedid.dev/identity` label.
+pub fn identity_name(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get(POD_IDENTITY_LABEL)
+        .map(String::as_str)
+        .filter(|name| !name.is_empty())
+}
+
+/// The service account `pod` runs as.
+pub fn service_account(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|spec| spec.service_account_name.as_deref())
+        .filter(|name| !name.is_empty())
+        .unwrap_or(DEFAULT_SERVICE_ACCOUNT)
+}
+
+/// Why a pod gets no token.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum PodError {
+    /// The pod lacks metadata every stored pod has.
+    #[error("Pod has no {0}")]
+    MissingMetadata(&'static str),
+    /// The identity the label names does not exist.
+    #[error("FederatedIdentity {namespace}/{name} does not exist")]
+    IdentityNotFound {
+        /// Namespace of the pod.
+        namespace: String,
+        /// The label's value.
+        name: String,
+    },
+    /// The identity is not a pod template.
+    #[error("FederatedIdentity {name} has no spec.pods: it does not issue per-pod tokens")]
+    PodsNotEnabled {
+        /// Identity name.
+        name: String,
+    },
+    /// The pod's service account may not use the identity.
+    #[error(
+        "service account {service_account} may not use FederatedIdentity {identity}: \
+         spec.pods.serviceAccounts allows {allowed}"
+    )]
+    ServiceAccountNotAllowed {
+        /// The pod's service account.
+        service_account: String,
+        /// Identity name.
+        identity: String,
+        /// The allowed accounts, comma-separated.
+        allowed: String,
+    },
+    /// A required label or annotation is missing.
+    #[error("claim {claim:?} is required but the pod has no {field}")]
+    MissingPodClaim {
+        /// Claim name.
+        claim: String,
+        /// `label "<key>"` or `annotation "<key>"`.
+        field: String,
+    },
+    /// The pod was not injected by the webhook.
+    #[error(
+        "Pod has no {POD_SECRET_ANNOTATION} annotation: it was created without fedid's \
+         webhook; recreate it"
+    )]
+    NotInjected,
+    /// The claims with the pod's values are invalid.
+    #[error(transparent)]
+    Claims(#[from] ClaimsError),
+}
+
+impl Failure for PodError {
+    fn reason(&self) -> Reason {
+        match self {
+            Self::MissingMetadata(_) => Reason::MissingMetadata,
+            Self::IdentityNotFound { .. } => Reason::IdentityNotFound,
+            Self::PodsNotEnabled { .. } => Reason::PodsNotEnabled,
+            Self::ServiceAccountNotAllowed { .. } => Reason::ServiceAccountNotAllowed,
+            Self::MissingPodClaim { .. } => Reason::MissingPodClaim,
+            Self::NotInjected => Reason::PodNotInjected,
+            Self::Claims(error) => error.reason(),
+        }
+    }
+
+    fn retry(&self) -> Retry {
+        Retry::WaitForChange
+    }
+}
+
+/// Whether `service_account` may use an identity with `pods`.
+pub fn allows_service_account(pods: &PodsSpec, service_account: &str) -> bool {
+    pods.service_accounts.is_empty()
+        || pods
+            .service_accounts
+            .iter()
+            .any(|allowed| allowed == service_account)
+}
+
+/// The CI claims of `pod` under `pods`' preset and rules: strings, in the rules' order, a
+/// missing optional value left out, a missing required one an error. Values longer than a
+/// claim may be are cut at [`MAX_CLAIM_STRING_LENGTH`] characters.
+pub fn ci_claims(pods: &PodsSpec, pod: &Pod) -> Result<Vec<Claim>, PodError> {
+    let no_map = BTreeMap::new();
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&no_map);
+    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&no_map);
+    let mut claims = Vec::new();
+    for rule in presets::effective_rules(pods) {
+        let (value, field) = match rule.field {
+            PodField::Label(key) => (labels.get(key), format!("label {key:?}")),
+            PodField::Annotation(key) => (annotations.get(key), format!("annotation {key:?}")),
+        };
+        match value
+            .map(|value| value.trim())
+            .filter(|value| !value.is_empty())
+        {
+            Some(value) => claims.push(Claim::string(
+                rule.name,
+                value
+                    .chars()
+                    .take(MAX_CLAIM_STRING_LENGTH)
+                    .collect::<String>(),
+            )),
+            None if rule.required => {
+                return Err(PodError::MissingPodClaim {
+                    claim: rule.name.to_owned(),
+                    field,
+                });
+            }
+            None => {}
+        }
+    }
+    Ok(claims)
+}
+
+/// A stand-in pod binding with every CI claim the rules can yield, used to check an
+/// identity's claims and subject template before any pod exists.
+pub fn sample_binding(pods: &PodsSpec) -> PodBinding {
+    PodBinding {
+        name: "pod".to_owned(),
+        uid: "00000000-0000-0000-0000-000000000000".to_owned(),
+        service_account: DEFAULT_SERVICE_ACCOUNT.to_owned(),
+        ci_claims: presets::effective_rules(pods)
+            .iter()
+            .map(|rule| Claim::string(rule.name, "sample"))
+            .collect(),
+    }
+}
+
+/// The controller owner reference a pod's Secret carries, so it is garbage-collected with
+/// the pod.
+pub fn pod_owner(pod: &Pod) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: "v1".to_owned(),
+        kind: "Pod".to_owned(),
+        name: pod.metadata.name.clone()?,
+        uid: pod.metadata.uid.clone()?,
+        controller: Some(true),
+        block_owner_deletion: None,
+    })
+}
+
+/// Binds the validated identity (`validated`, from `spec` and its issuer's `config`) to
+/// `pod`: checks the pod may use it, takes its CI claims, renders its claims with the pod's
+/// binding, and points the output at the pod's own Secret, owned by the pod.
+pub fn bind(
+    spec: &FederatedIdentitySpec,
+    validated: &ValidatedIdentity,
+    config: &IssuerConfig,
+    pod: &Pod,
+) -> Result<ValidatedIdentity, PodError> {
+    bind_with(
+        spec,
+        validated,
+        config,
+        pod,
+        &spec.audiences,
+        validated.claims.lifetime(),
+    )
+}
+
+/// [`bind`], for a token with other audiences and lifetime than the identity's: the token
+/// endpoint's answer to a pod's request.
+pub fn bind_with(
+    spec: &FederatedIdentitySpec,
+    validated: &ValidatedIdentity,
+    config: &IssuerConfig,
+    pod: &Pod,
+    audiences: &[String],
+    lifetime: crate::crd::Duration,
+) -> Result<ValidatedIdentity, PodError> {
+    let pods = spec.pods.as_ref().ok_or_else(|| PodError::PodsNotEnabled {
+        name: validated.name.clone(),
+    })?;
+    let name = pod
+        .metadata
+        .name
+        .clone()
+        .ok_or(PodError::MissingMetadata("name"))?;
+    let uid = pod
+        .metadata
+        .uid
+        .clone()
+        .ok_or(PodError::MissingMetadata("uid"))?;
+    let owner = pod_owner(pod).ok_or(PodError::MissingMetadata("uid"))?;
+    let service_account = service_account(pod).to_owned();
+    if !allows_service_account(pods, &service_account) {
+        return Err(PodError::ServiceAccountNotAllowed {
+            service_account,
+            identity: validated.name.clone(),
+            allowed: pods.service_accounts.join(", "),
+        });
+    }
+    let secret_name = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|annotations| annotations.get(POD_SECRET_ANNOTATION))
+        .filter(|name| crate::crd::identity::is_dns_subdomain(name))
+        .cloned()
+        .ok_or(PodError::NotInjected)?;
+    let binding = PodBinding {
+        name,
+        uid: uid.clone(),
+        service_account,
+        ci_claims: ci_claims(pods, pod)?,
+    };
+    let claims = ClaimTemplate::build(&ClaimsInput {
+        issuer_url: config.issuer_url.as_str(),
+        subject_template: &config.subject_template,
+        issuer_claims: &config.claims,
+        namespace: &validated.namespace,
+        name: &validated.name,
+        identity_claims: &spec.claims,
+        audiences,
+        lifetime,
+        pod: Some(&binding),
+    })?;
+    Ok(ValidatedIdentity {
+        uid,
+        owner,
+        secret_name,
+        claims,
+        ..validated.clone()
+    })
+}
+
+/// The render phase for a pod: the identity's Secret (see
+/// [`render_secret`](crate::identity::render::render_secret)) for the pod's token, plus the
+/// token endpoint's CA under [`mutate::TOKEN_REQUEST_CA_KEY`] when pods may request tokens.
+pub fn render_pod_secret(
+    identity: &ValidatedIdentity,
+    credentials: &crate::exchange::Credentials,
+    token_request_ca: Option<&str>,
+) -> k8s_openapi::api::core::v1::Secret {
+    let mut secret = crate::identity::render::render_secret(identity, credentials);
+    if let (Some(ca), Some(data)) = (token_request_ca, secret.data.as_mut()) {
+        data.insert(
+            mutate::TOKEN_REQUEST_CA_KEY.to_owned(),
+            k8s_openapi::ByteString(ca.as_bytes().to_vec()),
+        );
+    }
+    secret
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        crd::{FederatedIdentity, IdentityIssuer, IdentityIssuerSpec, issuer::MIN_TOKEN_LIFETIME},
+        identity::validate::validate,
+        issuer::config::validate_issuer_spec,
+    };
+
+    fn issuer_with(template: &str) -> (IdentityIssuer, IssuerConfig) {
+        let spec: IdentityIssuerSpec = serde_json::from_value(json!({
+            "issuerURL": "https://issuer.example.com",
+            "subjectTemplate": template,
+            "allowedNamespaces": {"all": true},
+            "claims": [{"name": "cluster", "string": "prod"}]
+        }))
+        .expect("issuer spec");
+        let config = validate_issuer_spec(&spec).expect("valid issuer");
+        (IdentityIssuer::new("ci", spec), config)
+    }
+
+    fn identity(spec: serde_json::Value) -> FederatedIdentity {
+        let mut identity =
+            FederatedIdentity::new("deploy", serde_json::from_value(spec).expect("spec"));
+        identity.metadata.namespace = Some("team-a".into());
+        identity.metadata.uid = Some("identity-uid".into());
+        identity
+    }
+
+    fn pod(value: serde_json::Value) -> Pod {
+        serde_json::from_value(value).expect("pod")
+    }
+
+    fn build_pod() -> Pod {
+        pod(json!({
+            "metadata": {
+                "name": "build-x1", "namespace": "team-a", "uid": "pod-uid",
+                "labels": {"fedid.dev/identity": "deploy", "workflows.argoproj.io/workflow": "release-7"},
+                "annotations": {"fedid.dev/secret-name": "deploy-abc", "workflows.argoproj.io/node-name": "release-7.build"}
+            },
+            "spec": {"serviceAccountName": "argo-runner", "containers": []}
+        }))
+    }
+
+    fn bound(
+        template: &str,
+        spec: serde_json::Value,
+        pod: &Pod,
+    ) -> Result<ValidatedIdentity, PodError> {
+        let (issuer, config) = issuer_with(template);
+        let identity = identity(spec);
+        let validated = validate(
+            &identity,
+            &issuer,
+            &config,
+            None,
+            MIN_TOKEN_LIFETIME.to_std(),
+        )
+        .expect("valid template");
+        bind(&identity.spec, &validated, &config, pod)
+    }
+
+    #[test]
+    fn a_pod_token_carries_binding_and_preset_claims_in_a_secret_owned_by_the_pod() {
+        let validated = bound(
+            "repo:{namespace}:{ci.run_id}:{pod.serviceAccount}",
+            json!({"audiences": ["sts.amazonaws.com"], "claims": [{"name": "team", "string": "a"}],
+                   "pods": {"preset": "argo-workflows", "serviceAccounts": ["argo-runner"]}}),
+            &build_pod(),
+        )
+        .expect("bound");
+        assert_eq!(validated.secret_name, "deploy-abc");
+        assert_eq!(validated.uid, "pod-uid");
+        assert_eq!(
+            (
+                validated.owner.kind.as_str(),
+                validated.owner.name.as_str(),
+                validated.owner.controller
+            ),
+            ("Pod", "build-x1", Some(true))
+        );
+        let claims = validated
+            .claims
+            .token_claims(Timestamp::from_second(1_800_000_000).expect("time"), "j");
+        assert_eq!(claims["sub"], "repo:team-a:release-7:argo-runner");
+        assert_eq!(claims["pod"], "build-x1");
+        assert_eq!(claims["pod_uid"], "pod-uid");
+        assert_eq!(claims["service_account"], "argo-runner");
+        assert_eq!(claims["run_id"], "release-7");
+        assert_eq!(claims["job"], "release-7.build");
+        assert_eq!(claims["team"], "a");
+        assert_eq!(claims["cluster"], "prod");
+        assert_eq!(claims["identity"], "deploy");
+    }
+
+    #[test]
+    fn pods_that_may_not_use_the_identity_get_no_token() {
+        let template = "system:fedid:{namespace}:{name}";
+        let spec = json!({"audiences": ["a"], "pods": {"preset": "argo-workflows", "serviceAccounts": ["ci"]}});
+        let refused = bound(template, spec, &build_pod()).expect_err("wrong account");
+        assert_eq!(refused.reason(), Reason::ServiceAccountNotAllowed);
+        assert_eq!(
+            refused.to_string(),
+            "service account argo-runner may not use FederatedIdentity deploy: spec.pods.serviceAccounts allows ci"
+        );
+
+        let mut unlabelled = build_pod();
+        unlabelled
+            .metadata
+            .annotations
+            .as_mut()
+            .expect("annotations")
+            .remove("workflows.argoproj.io/node-name");
+        let missing = bound(
+            template,
+            json!({"audiences": ["a"], "pods": {"preset": "argo-workflows"}}),
+            &unlabelled,
+        )
+        .expect_err("required");
+        assert_eq!(missing.reason(), Reason::MissingPodClaim);
+        assert_eq!(
+            missing.to_string(),
+            "claim \"job\" is required but the pod has no annotation \"workflows.argoproj.io/node-name\""
+        );
+
+        let mut not_injected = build_pod();
+        not_injected
+            .metadata
+            .annotations
+            .as_mut()
+            .expect("annotations")
+            .remove(POD_SECRET_ANNOTATION);
+        let refused = bound(
+            template,
+            json!({"audiences": ["a"], "pods": {}}),
+            &not_injected,
+        )
+        .expect_err("no annotation");
+        assert_eq!(refused.reason(), Reason::PodNotInjected);
+
+        // A pod claim named like a static claim is refused before any pod exists.
+        let (issuer, config) = issuer_with(template);
+        let clashing = identity(
+            json!({"audiences": ["a"], "claims": [{"name": "job", "string": "x"}], "pods": {"preset": "argo-workflows"}}),
+        );
+        let error = validate(
+            &clashing,
+            &issuer,
+            &config,
+            None,
+            MIN_TOKEN_LIFETIME.to_std(),
+        )
+        .expect_err("conflict");
+        assert_eq!(
+            crate::reason::Failure::reason(&error),
+            Reason::PodClaimConflict
+        );
+    }
+
+    #[test]
+    fn pod_placeholders_need_a_pod_template() {
+        let (issuer, config) = issuer_with("{pod.name}");
+        let plain = identity(json!({"audiences": ["a"]}));
+        let error = validate(&plain, &issuer, &config, None, MIN_TOKEN_LIFETIME.to_std())
+            .expect_err("no pod");
+        assert_eq!(
+            crate::reason::Failure::reason(&error),
+            Reason::SubjectNeedsPod
+        );
+        // A ci placeholder no rule yields is caught before any pod exists.
+        let (ci_issuer, ci_config) = issuer_with("{ci.nothing}");
+        let template = identity(json!({"audiences": ["a"], "pods": {"preset": "tekton"}}));
+        let error = validate(
+            &template,
+            &ci_issuer,
+            &ci_config,
+            None,
+            MIN_TOKEN_LIFETIME.to_std(),
+        )
+        .expect_err("unknown ci claim");
+        assert_eq!(
+            crate::reason::Failure::reason(&error),
+            Reason::MissingSubjectClaim
+        );
+    }
+
+    #[test]
+    fn optional_claims_are_left_out_and_values_trimmed() {
+        let validated = bound(
+            "{pod.uid}",
+            json!({"audiences": ["a"], "pods": {"claims": [
+            {"name": "stage", "fromLabel": "example.com/stage"},
+            {"name": "run_id", "fromLabel": "workflows.argoproj.io/workflow"}]}}),
+            &build_pod(),
+        )
+        .expect("bound");
+        let claims = validated
+            .claims
+            .token_claims(Timestamp::from_second(1_800_000_000).expect("time"), "j");
+        assert!(claims.get("stage").is_none());
+        assert_eq!(claims["run_id"], "release-7");
+        assert_eq!(claims["sub"], "pod-uid");
+    }
+
+    #[test]
+    fn lifecycle_follows_the_phase_and_deletion() {
+        let mut pod = build_pod();
+        assert_eq!(lifecycle(&pod), PodLifecycle::Live);
+        pod.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).expect("status"));
+        assert_eq!(lifecycle(&pod), PodLifecycle::Finished);
+        pod.status = Some(serde_json::from_value(json!({"phase": "Failed"})).expect("status"));
+        assert_eq!(lifecycle(&pod), PodLifecycle::Finished);
+        pod.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::from_second(1).expect("time"),
+            ));
+        assert_eq!(lifecycle(&pod), PodLifecycle::Terminating);
+    }
+}

@@ -1,0 +1,570 @@
+//! The pod server, on its own HTTPS listener (every replica): the mutating admission webhook
+//! (`POST /mutate`) and the token endpoint (`POST /v1/token`), answering from caches of
+//! opted-in pods and FederatedIdentities.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use axum_server::{Handle, tls_rustls::RustlsConfig};
+use fedid_core::{
+    crd::{FederatedIdentity, pods::POD_IDENTITY_LABEL},
+    credentials::token::Minted,
+    identity::{mint::mint, validate::validate},
+    pod::{
+        PodLifecycle, allows_service_account, bind_with, identity_name, lifecycle,
+        mutate::{InjectSettings, mutate},
+        service_account,
+        token_request::{TokenRequestError, admit, parse_request},
+    },
+    reason::message_chain,
+    time::whole_seconds,
+};
+use k8s_openapi::api::{
+    authentication::v1::{TokenReview, TokenReviewSpec},
+    core::v1::{Namespace, Pod},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::PostParams,
+    core::{
+        DynamicObject,
+        admission::{AdmissionRequest, AdmissionResponse, AdmissionReview},
+    },
+    runtime::reflector::{ObjectRef, Store},
+};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use crate::{
+    issuer::registry::IssuerRegistry,
+    runtime::metrics::{Metrics, OutcomeLabels},
+};
+
+/// How long a successful TokenReview is reused for the same service-account token. The pod's
+/// liveness is checked on every request from the pod cache, whatever the review cache says.
+pub const REVIEW_CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// Most entries kept in each per-token or per-pod table before it is swept.
+const MAX_TABLE_ENTRIES: usize = 10_000;
+
+/// The extra field of a TokenReview naming the pod a service-account token is bound to.
+const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+/// The extra field naming the bound pod's UID.
+const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+
+/// Per-pod request budget of the token endpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestBudget {
+    /// Requests per second each pod may make.
+    pub qps: f64,
+    /// Requests a pod may make at once before `qps` applies.
+    pub burst: u32,
+}
+
+/// Everything the pod server answers from.
+pub struct PodServerState {
+    /// Kubernetes client (TokenReviews, pods missing from the cache, namespaces).
+    pub client: Client,
+    /// Issuers and their keys.
+    pub registry: Arc<IssuerRegistry>,
+    /// FederatedIdentities.
+    pub identities: Store<FederatedIdentity>,
+    /// Pods labelled `fedid.dev/identity`.
+    pub pods: Store<Pod>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// What the webhook injects besides the identity's own settings.
+    pub inject: InjectSettings,
+    /// Shortest token lifetime a pod may ask for.
+    pub min_token_lifetime: Duration,
+    /// Per-pod budget.
+    pub budget: RequestBudget,
+    reviews: Mutex<HashMap<[u8; 32], (Reviewed, Instant)>>,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl PodServerState {
+    /// A server state with empty review and budget tables.
+    #[expect(clippy::too_many_arguments)]
+    pub fn new(
+        client: Client,
+        registry: Arc<IssuerRegistry>,
+        identities: Store<FederatedIdentity>,
+        pods: Store<Pod>,
+        metrics: Arc<Metrics>,
+        inject: InjectSettings,
+        min_token_lifetime: Duration,
+        budget: RequestBudget,
+    ) -> Self {
+        Self {
+            client,
+            registry,
+            identities,
+            pods,
+            metrics,
+            inject,
+            min_token_lifetime,
+            budget,
+            reviews: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// The pod server's routes (exposed for tests).
+pub fn router(state: Arc<PodServerState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/mutate", post(webhook))
+        .route("/v1/token", post(token))
+        .with_state(state)
+}
+
+/// Serves HTTPS on `addr` with `tls` until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    tls: RustlsConfig,
+    state: Arc<PodServerState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let handle = Handle::new();
+    let drain = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        drain.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    info!(%addr, "serving the pod webhook and token endpoint");
+    axum_server::bind_rustls(addr, tls)
+        .handle(handle)
+        .serve(router(state).into_make_service())
+        .await
+}
+
+fn count(
+    family: &prometheus_client::metrics::family::Family<
+        OutcomeLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    outcome: &str,
+) {
+    family
+        .get_or_create(&OutcomeLabels {
+            outcome: outcome.to_owned(),
+        })
+        .inc();
+}
+
+/// `POST /mutate`: the admission review of a pod that opted in.
+async fn webhook(
+    State(state): State<Arc<PodServerState>>,
+    Json(review): Json<AdmissionReview<Pod>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let started = Instant::now();
+    let request: Result<AdmissionRequest<Pod>, _> = review.try_into();
+    let (response, outcome) = match request {
+        Ok(request) => admit_pod(&state, &request),
+        Err(error) => (AdmissionResponse::invalid(error.to_string()), "error"),
+    };
+    count(&state.metrics.webhook_reviews, outcome);
+    state
+        .metrics
+        .webhook_duration
+        .observe(started.elapsed().as_secs_f64());
+    Json(response.into_review())
+}
+
+/// The webhook's verdict: the patch, or a denial saying why the pod cannot have a token.
+fn admit_pod(
+    state: &PodServerState,
+    request: &AdmissionRequest<Pod>,
+) -> (AdmissionResponse, &'static str) {
+    let response = AdmissionResponse::from(request);
+    let Some(pod) = &request.object else {
+        return (response, "mutated");
+    };
+    let Some(name) = identity_name(pod) else {
+        // Only labelled pods are sent here; one without the label is let through unchanged.
+        return (response, "mutated");
+    };
+    let namespace = request.namespace.clone().unwrap_or_default();
+    let Some(identity) = state
+        .identities
+        .get(&ObjectRef::new(name).within(&namespace))
+    else {
+        return (
+            response.deny(format!(
+                "fedid: the pod's label {POD_IDENTITY_LABEL}={name} names no FederatedIdentity in namespace {namespace}"
+            )),
+            "denied",
+        );
+    };
+    let Some(pods) = &identity.spec.pods else {
+        return (
+            response.deny(format!(
+                "fedid: FederatedIdentity {namespace}/{name} has no spec.pods: it does not issue per-pod tokens"
+            )),
+            "denied",
+        );
+    };
+    let account = service_account(pod);
+    if !allows_service_account(pods, account) {
+        return (
+            response.deny(format!(
+                "fedid: service account {account} may not use FederatedIdentity {name} (spec.pods.serviceAccounts: {})",
+                pods.service_accounts.join(", ")
+            )),
+            "denied",
+        );
+    }
+    let suffix = random_suffix();
+    match mutate(pod, name, &identity.spec, &state.inject, &suffix)
+        .map_err(|error| error.to_string())
+        .and_then(|mutation| {
+            response
+                .clone()
+                .with_patch(mutation.patch)
+                .map_err(|error| error.to_string())
+        }) {
+        Ok(patched) => (patched, "mutated"),
+        Err(error) => (AdmissionResponse::invalid(error), "error"),
+    }
+}
+
+/// Eight random lowercase letters and digits.
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..8)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+/// Who a service-account token belongs to, as the apiserver's TokenReview said.
+#[derive(Clone, Debug)]
+struct Reviewed {
+    namespace: String,
+    service_account: String,
+    pod_name: String,
+    pod_uid: String,
+}
+
+/// `POST /v1/token`.
+async fn token(
+    State(state): State<Arc<PodServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match issue(&state, &headers, &body).await {
+        Ok((minted, lifetime)) => {
+            count(&state.metrics.token_requests, "issued");
+            let expires_in = lifetime.as_secs();
+            (
+                [(header::CACHE_CONTROL, "no-store")],
+                Json(serde_json::json!({
+                    "token": minted.jwt,
+                    "access_token": minted.jwt,
+                    "issued_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                    "token_type": "N_A",
+                    "expires_in": expires_in,
+                    "expires_at": minted.expires_at.to_string(),
+                })),
+            )
+                .into_response()
+        }
+        Err(error) => {
+            count(&state.metrics.token_requests, error.code());
+            let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            let mut response = (
+                status,
+                [(header::CACHE_CONTROL, "no-store")],
+                Json(error.body()),
+            )
+                .into_response();
+            if let TokenRequestError::TooManyRequests {
+                retry_after_seconds,
+            } = &error
+                && let Ok(value) = retry_after_seconds.to_string().parse()
+            {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            response
+        }
+    }
+}
+
+async fn issue(
+    state: &PodServerState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Minted, fedid_core::crd::Duration), TokenRequestError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| {
+            TokenRequestError::Unauthenticated(
+                "send the pod's projected service-account token as Authorization: Bearer".into(),
+            )
+        })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("application/json");
+    let request = parse_request(content_type, body)?;
+    let reviewed = review(state, bearer).await?;
+    let pod = live_pod(state, &reviewed).await?;
+    spend_budget(state, &reviewed.pod_uid)?;
+    let forbidden = TokenRequestError::Forbidden;
+    let name = identity_name(&pod).unwrap_or_default().to_owned();
+    let identity = state
+        .identities
+        .get(&ObjectRef::new(&name).within(&reviewed.namespace))
+        .ok_or_else(|| {
+            forbidden(format!(
+                "FederatedIdentity {}/{name} does not exist",
+                reviewed.namespace
+            ))
+        })?;
+    let issuer = match &identity.spec.issuer_ref {
+        Some(issuer) => state.registry.get(issuer),
+        None => state.registry.default_issuer().ok(),
+    }
+    .ok_or_else(|| {
+        TokenRequestError::Unavailable("the identity's IdentityIssuer is not available".into())
+    })?;
+    let config = issuer.config.as_ref().map_err(|_| {
+        TokenRequestError::Unavailable(format!("IdentityIssuer {} is not ready", issuer.name()))
+    })?;
+    let labels = if issuer.resource.needs_namespace_labels(&reviewed.namespace) {
+        let namespace = Api::<Namespace>::all(state.client.clone())
+            .get_metadata(&reviewed.namespace)
+            .await
+            .map_err(|error| {
+                TokenRequestError::Unavailable(format!(
+                    "cannot read namespace {}: {error}",
+                    reviewed.namespace
+                ))
+            })?;
+        Some(namespace.metadata.labels.unwrap_or_default())
+    } else {
+        None
+    };
+    let template = validate(
+        &identity,
+        &issuer.resource,
+        config,
+        labels.as_ref(),
+        state.min_token_lifetime,
+    )
+    .map_err(|error| forbidden(message_chain(&error)))?;
+    let (audience, lifetime) = admit(
+        &request,
+        &name,
+        &identity.spec,
+        template.claims.lifetime(),
+        fedid_core::crd::Duration::from_std_saturating(state.min_token_lifetime),
+        config.maximum_lifetime,
+    )?;
+    let bound = bind_with(
+        &identity.spec,
+        &template,
+        config,
+        &pod,
+        &[audience],
+        lifetime,
+    )
+    .map_err(|error| forbidden(message_chain(&error)))?;
+    let now = whole_seconds(jiff::Timestamp::now());
+    let signer = issuer.signer(now).ok_or_else(|| {
+        TokenRequestError::Unavailable(format!(
+            "IdentityIssuer {} has no signing key",
+            issuer.name()
+        ))
+    })?;
+    let jti = format!("{:032x}", rand::random::<u128>());
+    let started = Instant::now();
+    let minted = tokio::task::spawn_blocking(move || mint(&bound, &signer, now, &jti))
+        .await
+        .map_err(|join| TokenRequestError::Unavailable(join.to_string()))?
+        .map_err(|error| TokenRequestError::Unavailable(message_chain(&error)))?;
+    state
+        .metrics
+        .signing_duration
+        .observe(started.elapsed().as_secs_f64());
+    info!(namespace = %reviewed.namespace, pod = %reviewed.pod_name, identity = %name, "issued a requested token");
+    Ok((minted, lifetime))
+}
+
+/// The apiserver's verdict on `token` for fedid's audience, reused for [`REVIEW_CACHE_TTL`].
+async fn review(state: &PodServerState, token: &str) -> Result<Reviewed, TokenRequestError> {
+    let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    if let Ok(cache) = state.reviews.lock()
+        && let Some((reviewed, at)) = cache.get(&key)
+        && at.elapsed() < REVIEW_CACHE_TTL
+    {
+        return Ok(reviewed.clone());
+    }
+    let audience = state.inject.token_request_audience.clone();
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.to_owned()),
+            audiences: Some(vec![audience.clone()]),
+        },
+        ..TokenReview::default()
+    };
+    let reviewed = Api::<TokenReview>::all(state.client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|error| {
+            warn!(%error, "TokenReview failed");
+            TokenRequestError::Unavailable("the apiserver could not review the token".into())
+        })?;
+    let status = reviewed.status.unwrap_or_default();
+    if status.authenticated != Some(true) {
+        return Err(TokenRequestError::Unauthenticated(format!(
+            "the token is not a valid service-account token for audience {audience}"
+        )));
+    }
+    let user = status.user.unwrap_or_default();
+    let username = user.username.unwrap_or_default();
+    let Some((namespace, service_account)) = username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+    else {
+        return Err(TokenRequestError::Forbidden(format!(
+            "{username} is not a service account"
+        )));
+    };
+    let extra = user.extra.unwrap_or_default();
+    let first = |key: &str| extra.get(key).and_then(|values| values.first()).cloned();
+    let (Some(pod_name), Some(pod_uid)) = (first(POD_NAME_EXTRA), first(POD_UID_EXTRA)) else {
+        return Err(TokenRequestError::Forbidden(
+            "the token is not bound to a pod: use the pod's projected service-account token".into(),
+        ));
+    };
+    let reviewed = Reviewed {
+        namespace: namespace.to_owned(),
+        service_account: service_account.to_owned(),
+        pod_name,
+        pod_uid,
+    };
+    if let Ok(mut cache) = state.reviews.lock() {
+        if cache.len() >= MAX_TABLE_ENTRIES {
+            cache.retain(|_, (_, at)| at.elapsed() < REVIEW_CACHE_TTL);
+            if cache.len() >= MAX_TABLE_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (reviewed.clone(), Instant::now()));
+    }
+    Ok(reviewed)
+}
+
+/// The live, opted-in pod the token is bound to: from the cache, or from the apiserver to say
+/// precisely why it is not there.
+async fn live_pod(state: &PodServerState, reviewed: &Reviewed) -> Result<Pod, TokenRequestError> {
+    let forbidden = TokenRequestError::Forbidden;
+    let cached = state
+        .pods
+        .get(&ObjectRef::new(&reviewed.pod_name).within(&reviewed.namespace));
+    let pod = match cached {
+        Some(pod) => (*pod).clone(),
+        None => {
+            let found = Api::<Pod>::namespaced(state.client.clone(), &reviewed.namespace)
+                .get_opt(&reviewed.pod_name)
+                .await
+                .map_err(|error| {
+                    TokenRequestError::Unavailable(format!("cannot read the pod: {error}"))
+                })?;
+            match found {
+                None => {
+                    return Err(forbidden(format!(
+                        "pod {}/{} no longer exists",
+                        reviewed.namespace, reviewed.pod_name
+                    )));
+                }
+                Some(pod) if identity_name(&pod).is_none() => {
+                    return Err(forbidden(format!(
+                        "pod {}/{} has no {POD_IDENTITY_LABEL} label: it has not opted into fedid",
+                        reviewed.namespace, reviewed.pod_name
+                    )));
+                }
+                Some(pod) => pod,
+            }
+        }
+    };
+    if pod.uid().as_deref() != Some(reviewed.pod_uid.as_str()) {
+        return Err(forbidden(format!(
+            "pod {}/{} no longer exists (a pod of that name has another UID)",
+            reviewed.namespace, reviewed.pod_name
+        )));
+    }
+    if service_account(&pod) != reviewed.service_account {
+        return Err(forbidden(
+            "the token's service account is not the pod's".into(),
+        ));
+    }
+    match lifecycle(&pod) {
+        PodLifecycle::Live => Ok(pod),
+        PodLifecycle::Finished => Err(forbidden(format!(
+            "pod {}/{} has finished",
+            reviewed.namespace, reviewed.pod_name
+        ))),
+        PodLifecycle::Terminating => Err(forbidden(format!(
+            "pod {}/{} is being deleted",
+            reviewed.namespace, reviewed.pod_name
+        ))),
+    }
+}
+
+/// Takes one request from the pod's token bucket.
+fn spend_budget(state: &PodServerState, pod_uid: &str) -> Result<(), TokenRequestError> {
+    let RequestBudget { qps, burst } = state.budget;
+    let Ok(mut buckets) = state.buckets.lock() else {
+        return Ok(());
+    };
+    if buckets.len() >= MAX_TABLE_ENTRIES {
+        let full_after = Duration::from_secs_f64(f64::from(burst) / qps);
+        buckets.retain(|_, (_, at)| at.elapsed() < full_after);
+    }
+    let now = Instant::now();
+    let (tokens, last) = buckets
+        .entry(pod_uid.to_owned())
+        .or_insert((f64::from(burst), now));
+    *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * qps).min(f64::from(burst));
+    *last = now;
+    if *tokens >= 1.0 {
+        *tokens -= 1.0;
+        Ok(())
+    } else {
+        let wait = ((1.0 - *tokens) / qps).ceil();
+        Err(TokenRequestError::TooManyRequests {
+            retry_after_seconds: if wait.is_finite() && wait >= 1.0 {
+                wait as u64
+            } else {
+                1
+            },
+        })
+    }
+}
