@@ -16,6 +16,7 @@
 //! * [`conditions`] and [`reason`]: status conditions and the stable reasons they carry;
 //! * [`time`] and [`timing`]: whole-second instants, jitter, backoff.
 
+pub mod ci;
 pub mod claims;
 pub mod conditions;
 pub mod crd;

@@ -295,13 +295,14 @@ pub fn template_report(
         },
         now,
     );
-    let event =
-        (ready_state(&previous.conditions) != ready_state(&status.conditions)).then_some(EventNote {
+    let event = (ready_state(&previous.conditions) != ready_state(&status.conditions)).then_some(
+        EventNote {
             severity: Severity::Normal,
             reason: Reason::PodTemplate,
             action: "Validate",
             note: message,
-        });
+        },
+    );
     (status, event)
 }
 

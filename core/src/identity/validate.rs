@@ -89,8 +89,8 @@ pub fn validate_identity_spec(
 ) -> Result<ValidatedSpec, IdentitySpecError> {
     let lifetime = spec.lifetime.unwrap_or(issuer.default_lifetime);
     // A pod template is checked with a stand-in pod: each pod's own claims are rendered when
-    // it is bound (`crate::pod::bind`).
-    let sample_pod = spec.pods.as_ref().map(crate::pod::sample_binding);
+    // it is bound to one (in the pod domain).
+    let sample_pod = spec.pods.as_ref().map(crate::ci::sample_binding);
     let claims = ClaimTemplate::build(&ClaimsInput {
         issuer_url: issuer.issuer_url.as_str(),
         subject_template: &issuer.subject_template,

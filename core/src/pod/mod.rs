@@ -7,19 +7,16 @@
 //! admission webhook adds to a pod; [`token_request`] decides the pull endpoint's answers.
 
 pub mod mutate;
-pub mod presets;
 pub mod token_request;
-
-use std::collections::BTreeMap;
 
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::OwnerReference};
 
+pub use crate::ci::{MissingPodClaim, ci_claims};
 use crate::{
     claims::{ClaimTemplate, ClaimsError, ClaimsInput, PodBinding},
     crd::{
-        Claim, FederatedIdentitySpec,
-        claim::MAX_CLAIM_STRING_LENGTH,
-        pods::{POD_IDENTITY_LABEL, POD_SECRET_ANNOTATION, PodField, PodsSpec},
+        FederatedIdentitySpec,
+        pods::{POD_IDENTITY_LABEL, POD_SECRET_ANNOTATION, PodsSpec},
     },
     identity::validate::ValidatedIdentity,
     issuer::config::IssuerConfig,
@@ -108,13 +105,8 @@ pub enum PodError {
         allowed: String,
     },
     /// A required label or annotation is missing.
-    #[error("claim {claim:?} is required but the pod has no {field}")]
-    MissingPodClaim {
-        /// Claim name.
-        claim: String,
-        /// `label "<key>"` or `annotation "<key>"`.
-        field: String,
-    },
+    #[error(transparent)]
+    MissingPodClaim(#[from] MissingPodClaim),
     /// The pod was not injected by the webhook.
     #[error(
         "Pod has no {POD_SECRET_ANNOTATION} annotation: it was created without fedid's \
@@ -133,7 +125,7 @@ impl Failure for PodError {
             Self::IdentityNotFound { .. } => Reason::IdentityNotFound,
             Self::PodsNotEnabled { .. } => Reason::PodsNotEnabled,
             Self::ServiceAccountNotAllowed { .. } => Reason::ServiceAccountNotAllowed,
-            Self::MissingPodClaim { .. } => Reason::MissingPodClaim,
+            Self::MissingPodClaim(_) => Reason::MissingPodClaim,
             Self::NotInjected => Reason::PodNotInjected,
             Self::Claims(error) => error.reason(),
         }
@@ -151,56 +143,6 @@ pub fn allows_service_account(pods: &PodsSpec, service_account: &str) -> bool {
             .service_accounts
             .iter()
             .any(|allowed| allowed == service_account)
-}
-
-/// The CI claims of `pod` under `pods`' preset and rules: strings, in the rules' order, a
-/// missing optional value left out, a missing required one an error. Values longer than a
-/// claim may be are cut at [`MAX_CLAIM_STRING_LENGTH`] characters.
-pub fn ci_claims(pods: &PodsSpec, pod: &Pod) -> Result<Vec<Claim>, PodError> {
-    let no_map = BTreeMap::new();
-    let labels = pod.metadata.labels.as_ref().unwrap_or(&no_map);
-    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&no_map);
-    let mut claims = Vec::new();
-    for rule in presets::effective_rules(pods) {
-        let (value, field) = match rule.field {
-            PodField::Label(key) => (labels.get(key), format!("label {key:?}")),
-            PodField::Annotation(key) => (annotations.get(key), format!("annotation {key:?}")),
-        };
-        match value
-            .map(|value| value.trim())
-            .filter(|value| !value.is_empty())
-        {
-            Some(value) => claims.push(Claim::string(
-                rule.name,
-                value
-                    .chars()
-                    .take(MAX_CLAIM_STRING_LENGTH)
-                    .collect::<String>(),
-            )),
-            None if rule.required => {
-                return Err(PodError::MissingPodClaim {
-                    claim: rule.name.to_owned(),
-                    field,
-                });
-            }
-            None => {}
-        }
-    }
-    Ok(claims)
-}
-
-/// A stand-in pod binding with every CI claim the rules can yield, used to check an
-/// identity's claims and subject template before any pod exists.
-pub fn sample_binding(pods: &PodsSpec) -> PodBinding {
-    PodBinding {
-        name: "pod".to_owned(),
-        uid: "00000000-0000-0000-0000-000000000000".to_owned(),
-        service_account: DEFAULT_SERVICE_ACCOUNT.to_owned(),
-        ci_claims: presets::effective_rules(pods)
-            .iter()
-            .map(|rule| Claim::string(rule.name, "sample"))
-            .collect(),
-    }
 }
 
 /// The controller owner reference a pod's Secret carries, so it is garbage-collected with
