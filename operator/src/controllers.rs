@@ -57,6 +57,7 @@ pub async fn run_controllers(
     identities: Store<FederatedIdentity>,
     identity_writer: reflector::store::Writer<FederatedIdentity>,
     issuer_changes: mpsc::Receiver<IssuerChange>,
+    pods_enabled: bool,
     token_request_ca: Option<String>,
     stop: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
@@ -255,6 +256,13 @@ pub async fn run_controllers(
             debug!(%error, "issuer controller");
         }
     });
+    // Without the pod server no pod is injected: the pod controller (and its watch of pods,
+    // which needs the rights only the chart's pods.enabled grants) runs only with it.
+    let pod_controller = async move {
+        if pods_enabled {
+            pod_controller.await;
+        }
+    };
     tokio::join!(identity_controller, issuer_controller, pod_controller);
 }
 

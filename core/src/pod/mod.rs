@@ -245,14 +245,17 @@ pub fn bind_with(
 
 /// The render phase for a pod: the identity's Secret (see
 /// [`render_secret`](crate::identity::render::render_secret)) for the pod's token, plus the
-/// token endpoint's CA under [`mutate::TOKEN_REQUEST_CA_KEY`] when pods may request tokens.
+/// token endpoint's CA under [`mutate::TOKEN_REQUEST_CA_KEY`] when the pods may request tokens
+/// (`pods.allowedAudiences` is not empty) and the endpoint is served.
 pub fn render_pod_secret(
     identity: &ValidatedIdentity,
     credentials: &crate::exchange::Credentials,
+    pods: &PodsSpec,
     token_request_ca: Option<&str>,
 ) -> k8s_openapi::api::core::v1::Secret {
     let mut secret = crate::identity::render::render_secret(identity, credentials);
-    if let (Some(ca), Some(data)) = (token_request_ca, secret.data.as_mut()) {
+    let may_request = !pods.allowed_audiences.is_empty();
+    if let (Some(ca), Some(data), true) = (token_request_ca, secret.data.as_mut(), may_request) {
         data.insert(
             mutate::TOKEN_REQUEST_CA_KEY.to_owned(),
             k8s_openapi::ByteString(ca.as_bytes().to_vec()),
@@ -466,6 +469,41 @@ mod tests {
         assert!(claims.get("stage").is_none());
         assert_eq!(claims["run_id"], "release-7");
         assert_eq!(claims["sub"], "pod-uid");
+    }
+
+    #[test]
+    fn only_pods_that_may_request_tokens_get_the_endpoint_ca() {
+        let validated = bound(
+            "{pod.uid}",
+            json!({"audiences": ["a"], "pods": {}}),
+            &build_pod(),
+        )
+        .expect("bound");
+        let minted = crate::credentials::token::Minted {
+            jwt: "h.c.s".into(),
+            key_id: "k".into(),
+            issued_at: Timestamp::from_second(1_800_000_000).expect("time"),
+            expires_at: Timestamp::from_second(1_800_003_600).expect("time"),
+        };
+        let credentials = crate::exchange::without_exchange(minted);
+        let keys = |pods: serde_json::Value, ca: Option<&str>| {
+            let pods: PodsSpec = serde_json::from_value(pods).expect("pods");
+            let secret = render_pod_secret(&validated, &credentials, &pods, ca);
+            secret
+                .data
+                .unwrap_or_default()
+                .into_keys()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(json!({}), Some("CA")), ["expires-at", "token"]);
+        assert_eq!(
+            keys(json!({"allowedAudiences": ["vault"]}), None),
+            ["expires-at", "token"]
+        );
+        assert_eq!(
+            keys(json!({"allowedAudiences": ["vault"]}), Some("CA")),
+            ["expires-at", "token", "token-request-ca.crt"]
+        );
     }
 
     #[test]

@@ -161,7 +161,7 @@ pub struct RunArgs {
     /// URL pods reach the token endpoint at, injected as `FEDID_TOKEN_URL` (default
     /// `https://<first --pod-tls-hosts>/v1/token`).
     #[arg(long, env = "FEDID_POD_TOKEN_URL")]
-    pub token_url: Option<String>,
+    pub pod_token_url: Option<String>,
 
     /// Audience of the projected service-account token pods send to the token endpoint.
     #[arg(
@@ -319,6 +319,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             identities,
             identity_writer,
             issuer_changed,
+            token_request_ca.is_some(),
             token_request_ca,
             writers_stop,
         )
@@ -423,7 +424,7 @@ async fn start_pod_server(
     tokio::spawn(identity_cache);
     tokio::spawn(pod_cache);
     let token_url = args
-        .token_url
+        .pod_token_url
         .clone()
         .unwrap_or_else(|| format!("https://{}/v1/token", hosts[0]));
     let state = Arc::new(PodServerState::new(
@@ -442,8 +443,15 @@ async fn start_pod_server(
             burst: args.token_request_burst,
         },
     ));
+    // Bound now, so that a port in use stops the process instead of leaving a replica that
+    // looks ready while the webhook refuses every opted-in pod.
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("failed to listen on {addr} for the pod server"))?;
+    listener
+        .set_nonblocking(true)
+        .context("failed to configure the pod server's listener")?;
     tokio::spawn(async move {
-        if let Err(error) = pod_server::serve(addr, tls, state, stopped(stop)).await {
+        if let Err(error) = pod_server::serve(listener, tls, state, stopped(stop)).await {
             tracing::error!(%error, %addr, "the pod server failed");
         }
     });

@@ -244,7 +244,13 @@ async fn run_pipeline(
         &mut attempt,
     )
     .await?;
-    let secret = render_pod_secret(&validated, &credentials, ctx.token_request_ca.as_deref());
+    let pods = identity.spec.pods.clone().unwrap_or_default();
+    let secret = render_pod_secret(
+        &validated,
+        &credentials,
+        &pods,
+        ctx.token_request_ca.as_deref(),
+    );
     let written = apply(
         &identity_ctx.shared,
         secret,

@@ -133,9 +133,9 @@ pub fn router(state: Arc<PodServerState>) -> Router {
         .with_state(state)
 }
 
-/// Serves HTTPS on `addr` with `tls` until `shutdown` resolves.
+/// Serves HTTPS on `listener` with `tls` until `shutdown` resolves.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: std::net::TcpListener,
     tls: RustlsConfig,
     state: Arc<PodServerState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -146,8 +146,9 @@ pub async fn serve(
         shutdown.await;
         drain.graceful_shutdown(Some(Duration::from_secs(10)));
     });
-    info!(%addr, "serving the pod webhook and token endpoint");
-    axum_server::bind_rustls(addr, tls)
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    info!(?addr, "serving the pod webhook and token endpoint");
+    axum_server::from_tcp_rustls(listener, tls)?
         .handle(handle)
         .serve(router(state).into_make_service())
         .await
@@ -441,6 +442,16 @@ async fn review(state: &PodServerState, token: &str) -> Result<Reviewed, TokenRe
             TokenRequestError::Unavailable("the apiserver could not review the token".into())
         })?;
     let status = reviewed.status.unwrap_or_default();
+    if status
+        .error
+        .as_deref()
+        .is_some_and(|error| error.contains("has been invalidated"))
+    {
+        // A bound token dies with its pod: the apiserver says so once the pod is gone.
+        return Err(TokenRequestError::Forbidden(
+            "the pod this token was bound to no longer exists".into(),
+        ));
+    }
     if status.authenticated != Some(true) {
         return Err(TokenRequestError::Unauthenticated(format!(
             "the token is not a valid service-account token for audience {audience}"
