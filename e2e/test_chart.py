@@ -12,7 +12,11 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
+import socket
+import ssl
 import subprocess
+import tempfile
 import tarfile
 import uuid
 from pathlib import Path
@@ -21,12 +25,15 @@ from typing import Iterator
 import pytest
 
 from conftest import REPO_ROOT, Cluster, wait_for
+from fedid_harness import Operator, fedid_binary, free_port, install_chart_service_account
 
 CHART = REPO_ROOT / "charts" / "fedid"
 CRDS = REPO_ROOT / "crds"
 # Names unique to this run, so a reused cluster (FEDID_E2E_CLUSTER) starts clean. Cluster-scoped
 # objects (ClusterRoles, IdentityIssuers) are named after the release, so releases never collide.
 RUN = uuid.uuid4().hex[:6]
+# The installed release (the `release` fixture); it contains "fedid", so it is also the full name.
+RELEASE = f"fedid-{RUN}"
 ISSUER_URL = "https://fedid.example.com/clusters/e2e"
 
 
@@ -158,6 +165,42 @@ def get_json(cluster: Cluster, *args: str) -> dict:
     return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
 
 
+def objects(cluster: Cluster, manifest: str) -> dict[str, dict]:
+    """The objects of a rendered manifest by "Kind/name", decoded by kubectl itself (`--local`: no
+    server, so kinds whose CRDs the cluster lacks, such as cert-manager's, decode too). Removing a
+    label no object has changes nothing."""
+    result = cluster.kubectl("label", "--local", "-f", "-", "fedid-chart-test-", "-o", "json", input=manifest)
+    decoder, text, found = json.JSONDecoder(), result.stdout, {}
+    index = 0
+    while index < len(text):
+        if text[index].isspace():
+            index += 1
+            continue
+        item, index = decoder.raw_decode(text, index)
+        for obj in item["items"] if item.get("kind") == "List" else [item]:
+            found[f"{obj['kind']}/{obj['metadata']['name']}"] = obj
+    return found
+
+
+def container_of(rendered: dict[str, dict], name: str) -> dict:
+    """The fedid container of Deployment `name` among rendered objects."""
+    (container,) = rendered[f"Deployment/{name}"]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def cluster_rules(rendered: dict[str, dict], name: str) -> dict[tuple[str, str], list[str]]:
+    """The ClusterRole's verbs by (API group, resource), resourceNames appended as "resource=name"."""
+    rules: dict[tuple[str, str], list[str]] = {}
+    for rule in rendered[f"ClusterRole/{name}"]["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                names = rule.get("resourceNames")
+                key = (group, f"{resource}={','.join(names)}" if names else resource)
+                assert key not in rules, f"{key} has two rules"
+                rules[key] = rule["verbs"]
+    return rules
+
+
 @pytest.fixture
 def namespace(cluster: Cluster) -> Iterator[str]:
     """A fresh namespace for one test, deleted (without waiting) afterwards."""
@@ -179,7 +222,7 @@ def crds(cluster: Cluster) -> None:
 @pytest.fixture(scope="module")
 def release(cluster: Cluster) -> Iterator[dict]:
     """The chart installed with its CRDs and a default issuer, as the README says; uninstalled after."""
-    name = f"fedid-{RUN}"
+    name = RELEASE
     namespace = f"fedid-system-{RUN}"
     issuer = f"e2e-{RUN}"
     # In a fresh cluster (CI) this is the first to install the CRDs; a reused one may have them.
@@ -193,7 +236,16 @@ def release(cluster: Cluster) -> Iterator[dict]:
 # --- rendering ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [[], EVERYTHING], ids=["defaults", "everything"])
+# The pod server's certificate from cert-manager: the chart's own self-signed CA, or an issuer.
+CERT_MANAGER = ["--set", "pods.certManager.enabled=true"]
+CERT_MANAGER_ISSUER = [*CERT_MANAGER, "--set", "pods.certManager.issuerRef.name=internal-ca", "--set", "pods.certManager.issuerRef.kind=ClusterIssuer"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], EVERYTHING, [*EVERYTHING, *CERT_MANAGER], ["--set", "pods.enabled=false"]],
+    ids=["defaults", "everything", "cert-manager", "no-pods"],
+)
 def test_lint_is_clean(cluster: Cluster, values: list[str]) -> None:
     result = helm(cluster, "lint", "--strict", str(CHART), *values)
     assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
@@ -224,7 +276,19 @@ def test_crds_are_the_repository_files_through_the_symlink(cluster: Cluster, tmp
 def test_optional_objects_follow_their_values(cluster: Cluster) -> None:
     defaults = kinds(render(cluster, "fedid"))
     assert sorted(defaults) == sorted(
-        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment", "PodDisruptionBudget"]
+        [
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "Deployment",
+            "PodDisruptionBudget",
+            # The pod server (pods.enabled): its Service and the webhook.
+            "Service",
+            "MutatingWebhookConfiguration",
+        ]
     )
     # A single replica gets no PodDisruptionBudget (minAvailable 1 would block every drain) and
     # runs without leader election, which then also needs no Lease rights.
@@ -236,6 +300,13 @@ def test_optional_objects_follow_their_values(cluster: Cluster) -> None:
     assert sorted(kinds(render(cluster, "fedid", *EVERYTHING))) == sorted(
         defaults + ["IdentityIssuer", "Ingress", "NetworkPolicy", "ServiceMonitor"]
     )
+    # cert-manager's objects only with pods.certManager.enabled: with the chart's own CA, or one
+    # Certificate from a given issuer.
+    assert sorted(kinds(render(cluster, "fedid", *CERT_MANAGER))) == sorted(defaults + ["Issuer", "Certificate", "Issuer", "Certificate"])
+    assert sorted(kinds(render(cluster, "fedid", *CERT_MANAGER_ISSUER))) == sorted(defaults + ["Certificate"])
+    # Without the pod server neither its Service nor the webhook, whatever certManager says.
+    no_pods = kinds(render(cluster, "fedid", *CERT_MANAGER, "--set", "pods.enabled=false"))
+    assert sorted(no_pods + ["Service", "MutatingWebhookConfiguration"]) == sorted(defaults)
 
 
 # Values that must fail, each with the words that tell the user what is wrong: the schema names
@@ -261,6 +332,19 @@ BAD_VALUES = [
     (["networkPolicy.enabled=true"], "networkPolicy.apiServer.cidrs is required when networkPolicy.enabled is true"),
     (["podDisruptionBudget.minAvailable=2"], "podDisruptionBudget.minAvailable must be less than replicaCount"),
     (["serviceAccount.create=false"], "serviceAccount.name is required when serviceAccount.create is false"),
+    (["pods.port=443"], "at '/pods/port': minimum: got 443, want 1,024"),
+    (["pods.port=8443"], "pods.port must differ from http.port"),
+    (["pods.tokenRequest.qps=0"], "at '/pods/tokenRequest/qps'"),
+    (["pods.tokenRequest.burst=0"], "at '/pods/tokenRequest/burst': minimum: got 0, want 1"),
+    (["pods.tokenRequest.audience="], "at '/pods/tokenRequest/audience'"),
+    (["pods.webhook.timeoutSeconds=31"], "at '/pods/webhook/timeoutSeconds': maximum: got 31, want 30"),
+    (["pods.webhook.timeoutSeconds=0"], "at '/pods/webhook/timeoutSeconds': minimum: got 0, want 1"),
+    (["pods.enable=false"], "at '/pods': additional properties 'enable' not allowed"),
+    (["pods.certManager.issuerRef.nam=ca"], "at '/pods/certManager/issuerRef': additional properties 'nam' not allowed"),
+    (
+        ["pods.certManager.enabled=true", "pods.certManager.issuerRef.kind=ClusterIssuer"],
+        "pods.certManager.issuerRef.name is required when pods.certManager.issuerRef is set",
+    ),
     (
         ["issuer.create=true", f"issuer.url={ISSUER_URL}", "issuer.claims[0].name=sub", "issuer.claims[0].string=x"],
         'the claim name "sub" is reserved',
@@ -280,6 +364,177 @@ def test_notes_warn_when_no_issuer_is_created(cluster: Cluster) -> None:
     notes = helm(cluster, "install", "fedid", str(CHART), "-n", "fedid-system", "--dry-run=client").stdout
     assert "WARNING: no IdentityIssuer was created" in notes
     assert "kubectl wait --for=condition=Ready fid/<name> -n <namespace>" in notes
+
+
+# --- the pod server (pods.*) -----------------------------------------------------------------------
+
+POD_RELEASE = "fedid-chart"  # `render` names the release after its namespace
+
+
+def pod_render(cluster: Cluster, *args: str) -> dict[str, dict]:
+    return objects(cluster, render(cluster, POD_RELEASE, *args))
+
+
+# The ClusterRole without the pod server; pods.enabled adds POD_RULES and widens two rules.
+BASE_RULES = {
+    ("fedid.dev", "identityissuers"): ["get", "list", "watch"],
+    ("fedid.dev", "federatedidentities"): ["get", "list", "watch"],
+    ("fedid.dev", "identityissuers/status"): ["patch"],
+    ("fedid.dev", "federatedidentities/status"): ["patch"],
+    ("", "secrets"): ["list", "watch", "create", "patch"],
+    ("", "configmaps"): ["list", "watch"],
+    ("", "namespaces"): ["list", "watch"],
+    ("events.k8s.io", "events"): ["create", "patch"],
+}
+POD_RULES = {
+    ("", "secrets"): ["list", "watch", "create", "patch", "delete"],
+    ("", "namespaces"): ["list", "watch", "get"],
+    ("", "pods"): ["get", "list", "watch"],
+    ("authentication.k8s.io", "tokenreviews"): ["create"],
+}
+WEBHOOK_RULE = {("admissionregistration.k8s.io", f"mutatingwebhookconfigurations={POD_RELEASE}"): ["get", "patch"]}
+POD_ARGS = ("--pod-", "--webhook-configuration", "--token-request-")
+
+
+def test_webhook_configuration_renders_as_documented(cluster: Cluster) -> None:
+    rendered = pod_render(cluster, "--set", "pods.webhook.timeoutSeconds=7")
+    webhook = rendered[f"MutatingWebhookConfiguration/{POD_RELEASE}"]
+    assert "annotations" not in webhook["metadata"], "without cert-manager fedid sets the caBundle itself"
+    assert webhook["metadata"]["labels"]["app.kubernetes.io/instance"] == POD_RELEASE
+    assert webhook["webhooks"] == [
+        {
+            "name": "pods.fedid.dev",
+            # No caBundle: fedid patches its generated CA in (Helm keeps that field on upgrade).
+            "clientConfig": {"service": {"name": f"{POD_RELEASE}-pods", "namespace": POD_RELEASE, "path": "/mutate", "port": 443}},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
+            # Pods without the label never reach fedid.
+            "objectSelector": {"matchExpressions": [{"key": "fedid.dev/identity", "operator": "Exists"}]},
+            "matchPolicy": "Equivalent",
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "reinvocationPolicy": "IfNeeded",
+            "timeoutSeconds": 7,
+        }
+    ]
+    service = rendered[f"Service/{POD_RELEASE}-pods"]["spec"]
+    assert service["type"] == "ClusterIP"
+    assert service["selector"] == {"app.kubernetes.io/name": "fedid", "app.kubernetes.io/instance": POD_RELEASE}
+    assert service["ports"] == [{"name": "https", "port": 443, "targetPort": "pods", "protocol": "TCP", "appProtocol": "https"}]
+    # The ClusterRole: exactly the documented rules, the webhook configuration by name only.
+    assert cluster_rules(rendered, POD_RELEASE) == {**BASE_RULES, **POD_RULES, **WEBHOOK_RULE}
+    # The values reach the pod server's flags.
+    container = container_of(
+        pod_render(
+            cluster, "--set", "pods.port=10443",
+            "--set-json", 'pods.tokenRequest={"audience": "ci.example.com/fedid", "qps": 0.5, "burst": 3}',
+        ),
+        POD_RELEASE,
+    )
+    assert [arg for arg in container["args"] if arg.startswith(POD_ARGS)] == [
+        "--pod-server-addr=0.0.0.0:10443",
+        f"--pod-tls-hosts={POD_RELEASE}-pods.{POD_RELEASE}.svc,{POD_RELEASE}-pods.{POD_RELEASE}.svc.cluster.local",
+        f"--pod-tls-secret-name={POD_RELEASE}-pod-server-tls",
+        f"--webhook-configuration={POD_RELEASE}",
+        f"--pod-token-url=https://{POD_RELEASE}-pods.{POD_RELEASE}.svc/v1/token",
+        "--token-request-audience=ci.example.com/fedid",
+        "--token-request-qps=0.5",
+        "--token-request-burst=3",
+    ]
+    assert container["ports"][1] == {"name": "pods", "containerPort": 10443, "protocol": "TCP"}
+
+
+def test_without_pods_no_pod_server_webhook_or_pod_rights(cluster: Cluster) -> None:
+    values = ["--set", "pods.enabled=false", *CERT_MANAGER, "--set", "networkPolicy.enabled=true", "--set", "networkPolicy.apiServer.cidrs={10.0.0.1/32}"]
+    rendered = pod_render(cluster, *values)
+    assert not [key for key in rendered if key.startswith(("MutatingWebhookConfiguration/", "Certificate/", "Issuer/"))]
+    assert f"Service/{POD_RELEASE}-pods" not in rendered
+    container = container_of(rendered, POD_RELEASE)
+    assert not [arg for arg in container["args"] if arg.startswith(POD_ARGS)], container["args"]
+    assert [port["name"] for port in container["ports"]] == ["http"]
+    assert "volumes" not in rendered[f"Deployment/{POD_RELEASE}"]["spec"]["template"]["spec"]
+    # No pods, TokenReviews or webhook configurations; no delete on Secrets, no get on namespaces.
+    assert cluster_rules(rendered, POD_RELEASE) == BASE_RULES
+    ingress = rendered[f"NetworkPolicy/{POD_RELEASE}"]["spec"]["ingress"]
+    assert [rule["ports"][0]["port"] for rule in ingress] == ["http"]
+    notes = helm(cluster, "install", POD_RELEASE, str(CHART), "-n", POD_RELEASE, "--dry-run=client", *values).stdout
+    assert "Per-pod tokens" not in notes
+
+
+def test_cert_manager_issues_the_pod_server_certificate(cluster: Cluster) -> None:
+    rendered = pod_render(cluster, *CERT_MANAGER)
+    pods = f"{POD_RELEASE}-pods"
+    issuer = {"group": "cert-manager.io", "kind": "Issuer"}
+    # The chart's own CA: self-signed Issuer -> CA Certificate -> CA Issuer -> serving Certificate.
+    assert rendered[f"Issuer/{pods}-selfsigned"]["spec"] == {"selfSigned": {}}
+    ca = rendered[f"Certificate/{pods}-ca"]["spec"]
+    assert ca["isCA"] is True and ca["secretName"] == f"{pods}-ca" and ca["duration"] == "87600h"
+    assert ca["issuerRef"] == {"name": f"{pods}-selfsigned", **issuer}
+    assert rendered[f"Issuer/{pods}-ca"]["spec"] == {"ca": {"secretName": f"{pods}-ca"}}
+    serving = rendered[f"Certificate/{pods}"]["spec"]
+    assert serving["secretName"] == f"{pods}-tls"
+    assert serving["dnsNames"] == [f"{pods}.{POD_RELEASE}.svc", f"{pods}.{POD_RELEASE}.svc.cluster.local"]
+    assert serving["issuerRef"] == {"name": f"{pods}-ca", **issuer}
+    assert "server auth" in serving["usages"]
+    for key in ("Issuer/", "Certificate/"):
+        assert all(obj["metadata"]["namespace"] == POD_RELEASE for name, obj in rendered.items() if name.startswith(key))
+    # cert-manager's cainjector sets the webhook's caBundle from that Certificate.
+    webhook = rendered[f"MutatingWebhookConfiguration/{POD_RELEASE}"]
+    assert webhook["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": f"{POD_RELEASE}/{pods}"}
+    assert "caBundle" not in webhook["webhooks"][0]["clientConfig"]
+    # fedid reads the mounted Secret, and never touches the webhook configuration.
+    pod = rendered[f"Deployment/{POD_RELEASE}"]["spec"]["template"]["spec"]
+    container = container_of(rendered, POD_RELEASE)
+    assert [arg for arg in container["args"] if arg.startswith(POD_ARGS)] == [
+        "--pod-server-addr=0.0.0.0:9443",
+        f"--pod-tls-hosts={pods}.{POD_RELEASE}.svc,{pods}.{POD_RELEASE}.svc.cluster.local",
+        "--pod-tls-cert-file=/etc/fedid/pods-tls/tls.crt",
+        "--pod-tls-key-file=/etc/fedid/pods-tls/tls.key",
+        "--pod-tls-ca-file=/etc/fedid/pods-tls/ca.crt",
+        f"--pod-token-url=https://{pods}.{POD_RELEASE}.svc/v1/token",
+        "--token-request-audience=fedid.dev/token-request",
+        "--token-request-qps=1",
+        "--token-request-burst=10",
+    ]
+    assert container["volumeMounts"] == [{"name": "pods-tls", "mountPath": "/etc/fedid/pods-tls", "readOnly": True}]
+    assert pod["volumes"] == [{"name": "pods-tls", "secret": {"secretName": f"{pods}-tls", "defaultMode": 0o440}}]
+    assert cluster_rules(rendered, POD_RELEASE) == {**BASE_RULES, **POD_RULES}
+
+    # With the issuer's own certificate too (tls.enabled), both Secrets are mounted.
+    both = pod_render(cluster, *CERT_MANAGER, "--set", "tls.enabled=true", "--set", "tls.secretName=fedid-tls")
+    assert [volume["name"] for volume in both[f"Deployment/{POD_RELEASE}"]["spec"]["template"]["spec"]["volumes"]] == ["tls", "pods-tls"]
+    assert [mount["mountPath"] for mount in container_of(both, POD_RELEASE)["volumeMounts"]] == ["/etc/fedid/tls", "/etc/fedid/pods-tls"]
+
+    # A given issuer signs the serving certificate; the chart creates no CA.
+    given = pod_render(cluster, *CERT_MANAGER_ISSUER)
+    assert not [key for key in given if key.startswith("Issuer/")]
+    assert [key for key in given if key.startswith("Certificate/")] == [f"Certificate/{pods}"]
+    assert given[f"Certificate/{pods}"]["spec"]["issuerRef"] == {"name": "internal-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+
+
+# The configurations whose Deployment args must parse: fedid rejects an unknown flag, or one
+# without the flags it requires (the pod server's three files), before it contacts the cluster.
+ARG_CONFIGURATIONS = {
+    "defaults": [],
+    "everything": EVERYTHING,
+    "cert-manager": [*EVERYTHING, *CERT_MANAGER],
+    "no-pods": ["--set", "pods.enabled=false"],
+    "single": ["--set", "replicaCount=1", "--set", "leaderElection.enabled=false"],
+}
+
+
+@pytest.mark.parametrize("values", ARG_CONFIGURATIONS.values(), ids=ARG_CONFIGURATIONS.keys())
+def test_fedid_accepts_the_deployment_args(cluster: Cluster, tmp_path: Path, values: list[str]) -> None:
+    binary = fedid_binary()
+    assert binary.is_file(), f"{binary} is missing: build fedid or set FEDID_BIN"
+    container = container_of(pod_render(cluster, *values), POD_RELEASE)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "missing")}
+    env.update({var["name"]: var.get("value", "fedid-0") for var in container["env"]})
+    result = subprocess.run([str(binary), *container["args"]], capture_output=True, text=True, env=env, timeout=60)
+    # Past the parser, fedid stops at the missing kubeconfig (exit 1); a usage error exits 2.
+    assert result.returncode == 1 and "failed to configure the Kubernetes client" in result.stderr, (
+        f"fedid {' '.join(container['args'])} exited {result.returncode}:\n{result.stderr[-2000:]}"
+    )
 
 
 # --- a real install ----------------------------------------------------------------------------
@@ -308,6 +563,22 @@ def test_install_creates_every_object(cluster: Cluster, release: dict) -> None:
     pdb = get_json(cluster, "poddisruptionbudget", name, "-n", ns)["spec"]
     assert pdb["minAvailable"] == 1 and pdb["selector"]["matchLabels"] == service["selector"]
 
+    # The pod server (pods.enabled by default): its Service on 443 to the pods' port `pods`, and
+    # the webhook calling it. The apiserver accepted the webhook without a caBundle: fedid sets
+    # it once it runs (no pod runs here).
+    pods = get_json(cluster, "service", f"{name}-pods", "-n", ns)
+    assert pods["metadata"]["labels"]["app.kubernetes.io/instance"] == name
+    assert pods["spec"]["type"] == "ClusterIP" and pods["spec"]["selector"] == service["selector"]
+    assert [(port["name"], port["port"], port["targetPort"]) for port in pods["spec"]["ports"]] == [("https", 443, "pods")]
+    webhook = get_json(cluster, "mutatingwebhookconfiguration", name)
+    assert webhook["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    assert "cert-manager.io/inject-ca-from" not in (webhook["metadata"].get("annotations") or {})
+    (hook,) = webhook["webhooks"]
+    assert hook["name"] == "pods.fedid.dev"
+    assert hook["clientConfig"] == {"service": {"name": f"{name}-pods", "namespace": ns, "path": "/mutate", "port": 443}}
+    assert hook["objectSelector"] == {"matchExpressions": [{"key": "fedid.dev/identity", "operator": "Exists"}]}
+    assert hook["failurePolicy"] == "Fail" and hook["timeoutSeconds"] == 5
+
     issuer = get_json(cluster, "identityissuer", release["issuer"])
     assert issuer["metadata"]["annotations"]["fedid.dev/default-issuer"] == "true"
     assert issuer["spec"]["issuerURL"] == ISSUER_URL
@@ -319,6 +590,8 @@ def test_install_creates_every_object(cluster: Cluster, release: dict) -> None:
     assert f"discovery URL:  {ISSUER_URL}/.well-known/openid-configuration" in notes
     assert "kubectl wait --for=condition=Ready fid/deploy -n <namespace>" in notes
     assert "kubectl get identityissuer" in notes and "WARNING" not in notes
+    assert f"webhook {name} prepares pods labelled fedid.dev/identity" in notes
+    assert f"https://{name}-pods.{ns}.svc/v1/token" in notes and f"Secret {name}-pod-server-tls" in notes
 
 
 def test_deployment_runs_fedid_as_documented(cluster: Cluster, release: dict) -> None:
@@ -343,12 +616,26 @@ def test_deployment_runs_fedid_as_documented(cluster: Cluster, release: dict) ->
         "--exchange-concurrency=16",
         "--leader-election=true",
         "--leader-election-lease-name=fedid-leader",
+        # The pod server, for its Service's names, with the certificate fedid generates and
+        # patches into the webhook's caBundle.
+        "--pod-server-addr=0.0.0.0:9443",
+        f"--pod-tls-hosts={name}-pods.{ns}.svc,{name}-pods.{ns}.svc.cluster.local",
+        f"--pod-tls-secret-name={name}-pod-server-tls",
+        f"--webhook-configuration={name}",
+        f"--pod-token-url=https://{name}-pods.{ns}.svc/v1/token",
+        "--token-request-audience=fedid.dev/token-request",
+        "--token-request-qps=1",
+        "--token-request-burst=10",
     ]
     env = {variable["name"]: variable for variable in container["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["RUST_LOG"]["value"] == "info"
-    assert container["ports"] == [{"name": "http", "containerPort": 8443, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8443, "protocol": "TCP"},
+        {"name": "pods", "containerPort": 9443, "protocol": "TCP"},
+    ]
+    assert "volumes" not in pod and "volumeMounts" not in container, "the generated certificate is read from its Secret"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http", "scheme": "HTTP"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http", "scheme": "HTTP"}
     assert container["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
@@ -362,7 +649,8 @@ def test_deployment_runs_fedid_as_documented(cluster: Cluster, release: dict) ->
     }
 
 
-# (verb, resource, namespace: "own" | "other" | "all" | None for cluster-scoped, allowed)
+# (verb, resource, namespace: "own" | "other" | "all" | None for cluster-scoped, allowed[, name])
+WEBHOOKS = "mutatingwebhookconfigurations.admissionregistration.k8s.io"
 RIGHTS = [
     # Identity Secrets anywhere: found through a label-selected list/watch, created, then applied.
     # RBAC cannot restrict by label, so list and watch cover every Secret (see the next test).
@@ -372,12 +660,14 @@ RIGHTS = [
     ("patch", "secrets", "other", True),
     ("get", "secrets", "other", False),
     ("update", "secrets", "other", False),
-    ("delete", "secrets", "other", False),
+    # A finished pod's Secret is deleted at once (pods.enabled); RBAC cannot restrict delete to
+    # fedid's Secrets, so it covers every Secret, key rings included. One at a time only.
+    ("delete", "secrets", "other", True),
+    ("delete", "secrets", "own", True),
     ("deletecollection", "secrets", "other", False),
-    # Key rings in its own namespace: read and replaced, never deleted.
+    # Key rings (and the pod server's generated certificate) in its own namespace: read and replaced.
     ("get", "secrets", "own", True),
     ("update", "secrets", "own", True),
-    ("delete", "secrets", "own", False),
     # The custom resources: read everywhere, only their status written.
     ("get", "identityissuers.fedid.dev", None, True),
     ("watch", "federatedidentities.fedid.dev", "all", True),
@@ -386,11 +676,13 @@ RIGHTS = [
     ("patch", "identityissuers.fedid.dev", None, False),
     ("update", "federatedidentities.fedid.dev", "other", False),
     ("delete", "federatedidentities.fedid.dev", "other", False),
-    # Namespaces' labels decide selector policies: watched (metadata only), never read one by one.
+    # Namespaces' labels decide selector policies: watched (metadata only); the token endpoint
+    # reads a requesting pod's namespace (pods.enabled). Never written.
     ("list", "namespaces", None, True),
     ("watch", "namespaces", None, True),
-    ("get", "namespaces", None, False),
+    ("get", "namespaces", None, True),
     ("update", "namespaces", None, False),
+    ("patch", "namespaces", None, False),
     ("create", "events.events.k8s.io", "other", True),
     ("patch", "events.events.k8s.io", "other", True),
     ("delete", "events.events.k8s.io", "other", False),
@@ -411,8 +703,31 @@ RIGHTS = [
     ("update", "leases.coordination.k8s.io", "own", True),
     ("delete", "leases.coordination.k8s.io", "own", False),
     ("create", "leases.coordination.k8s.io", "other", False),
-    # Nothing else.
+    # Opted-in pods: watched everywhere (RBAC cannot restrict by label), read one by one by the
+    # token endpoint, never written.
+    ("list", "pods", "all", True),
+    ("watch", "pods", "all", True),
+    ("get", "pods", "other", True),
     ("create", "pods", "own", False),
+    ("patch", "pods", "other", False),
+    ("update", "pods", "other", False),
+    ("delete", "pods", "other", False),
+    ("create", "pods/exec", "other", False),
+    # The token endpoint's TokenReviews (cluster-scoped, create only).
+    ("create", "tokenreviews.authentication.k8s.io", None, True),
+    ("create", "subjectaccessreviews.authorization.k8s.io", None, False),
+    # Its own webhook configuration only: read, and the generated CA patched in.
+    ("get", WEBHOOKS, None, True, RELEASE),
+    ("patch", WEBHOOKS, None, True, RELEASE),
+    ("update", WEBHOOKS, None, False, RELEASE),
+    ("delete", WEBHOOKS, None, False, RELEASE),
+    ("patch", WEBHOOKS, None, False, "another-webhook"),
+    ("get", WEBHOOKS, None, False, "another-webhook"),
+    ("list", WEBHOOKS, None, False),
+    ("create", WEBHOOKS, None, False),
+    ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io", None, False, RELEASE),
+    # Nothing else.
+    ("create", "serviceaccounts/token", "other", False),
     ("get", "nodes", None, False),
 ]
 
@@ -420,23 +735,27 @@ RIGHTS = [
 def test_service_account_has_exactly_the_documented_rights(cluster: Cluster, release: dict) -> None:
     ns = release["namespace"]
     subject = f"system:serviceaccount:{ns}:{release['name']}"
+    assert release["name"] == RELEASE, "the named rights are the release's"
     wrong = []
-    for verb, resource, where, allowed in RIGHTS:
+    for verb, resource, where, allowed, *name in RIGHTS:
         resource, _, subresource = resource.partition("/")
         scope = {"own": ["-n", ns], "other": ["-n", "default"], "all": ["--all-namespaces"], None: []}[where]
         extra = [f"--subresource={subresource}"] if subresource else []
-        result = cluster.kubectl("auth", "can-i", verb, resource, *extra, *scope, f"--as={subject}", check=False)
+        # A named object is asked for as TYPE/NAME (rules with resourceNames).
+        target = f"{resource}/{name[0]}" if name else resource
+        result = cluster.kubectl("auth", "can-i", verb, target, *extra, *scope, f"--as={subject}", check=False)
         answer = result.stdout.strip()
-        assert answer in ("yes", "no"), f"can-i {verb} {resource}: {result.stdout} {result.stderr}"
+        assert answer in ("yes", "no"), f"can-i {verb} {target}: {result.stdout} {result.stderr}"
         if (answer == "yes") != allowed:
-            wrong.append(f"{verb} {resource}{'/' + subresource if subresource else ''} ({where}): {answer}")
+            wrong.append(f"{verb} {target}{'/' + subresource if subresource else ''} ({where}): {answer}")
     assert not wrong, "rights differ from the documented ones:\n" + "\n".join(wrong)
 
 
 def test_service_account_can_read_every_secret_by_listing(cluster: Cluster, release: dict, namespace: str) -> None:
     """The READMEs' warning, checked the way a sceptic would: the cluster-wide list right (which
     RBAC cannot narrow to fedid's labels) returns a foreign Secret's data, although a GET of the
-    same Secret, and deleting it, are forbidden."""
+    same Secret is forbidden; deleting it is allowed (pods.enabled: finished pods' Secrets), as
+    the READMEs say too."""
     subject = f"system:serviceaccount:{release['namespace']}:{release['name']}"
     name, value = "not-fedids", f"known-{uuid.uuid4().hex}"
     # An ordinary Secret in another namespace, without any fedid label.
@@ -452,8 +771,10 @@ def test_service_account_can_read_every_secret_by_listing(cluster: Cluster, rele
 
     got = cluster.kubectl("get", "secret", name, "-n", namespace, f"--as={subject}", check=False)
     assert got.returncode != 0 and "Forbidden" in got.stderr, got.stdout + got.stderr
-    deleted = cluster.kubectl("delete", "secret", name, "-n", namespace, f"--as={subject}", check=False)
-    assert deleted.returncode != 0 and "Forbidden" in deleted.stderr, deleted.stdout + deleted.stderr
+    # The apiserver authorizes the delete (a server-side dry run, so nothing is deleted).
+    deleted = cluster.kubectl("delete", "secret", name, "-n", namespace, "--dry-run=server", f"--as={subject}", check=False)
+    assert deleted.returncode == 0 and f'secret "{name}" deleted' in deleted.stdout, deleted.stdout + deleted.stderr
+    assert deleted.stdout.strip().endswith("(server dry run)"), deleted.stdout
     # Still there (checked as the admin).
     assert get_json(cluster, "secret", name, "-n", namespace)["metadata"]["name"] == name
 
@@ -471,6 +792,60 @@ def test_service_account_can_read_every_configmap_by_listing(cluster: Cluster, r
     assert got.returncode != 0 and "Forbidden" in got.stderr, got.stdout + got.stderr
     patched = cluster.kubectl("label", "configmap", name, "-n", namespace, "x=y", f"--as={subject}", check=False)
     assert patched.returncode != 0 and "Forbidden" in patched.stderr, patched.stdout + patched.stderr
+
+
+def test_pod_server_runs_with_the_chart_rights(cluster: Cluster, crds: None) -> None:
+    """`fedid run` with the chart's pod server flags, out of cluster as the chart's ServiceAccount
+    (no pod runs here): it generates its certificate into the release namespace, patches the CA
+    into the chart's webhook configuration, serves the Service's names with it, and watches
+    pods, with no request forbidden."""
+    name = ns = f"fedid-pods-{RUN}"
+    workdir = Path(tempfile.mkdtemp(prefix="fedid-chart-pods-"))
+    kubeconfig = install_chart_service_account(cluster, ns, workdir, release=name, keep_webhook=True)
+    try:
+        (container,) = get_json(cluster, "deployment", name, "-n", ns)["spec"]["template"]["spec"]["containers"]
+        port = free_port()
+        pod_args = [
+            f"--pod-server-addr=127.0.0.1:{port}" if arg.startswith("--pod-server-addr=") else arg
+            for arg in container["args"]
+            if arg.startswith(POD_ARGS)
+        ]
+        assert f"--webhook-configuration={name}" in pod_args
+        operator = Operator(cluster=cluster, binary=fedid_binary(), workdir=workdir, namespace=ns, name="pods",
+                            kubeconfig=kubeconfig, extra_args=["--leader-election=false", *pod_args])
+        operator.start()
+        try:
+            def generated() -> dict | None:
+                found = cluster.kubectl("get", "secret", f"{name}-pod-server-tls", "-n", ns, "-o", "json", check=False)
+                return json.loads(found.stdout) if found.returncode == 0 else None
+
+            secret = wait_for("the generated Secret", generated, timeout=30)
+            assert secret["type"] == "kubernetes.io/tls" and set(secret["data"]) == {"ca.crt", "tls.crt", "tls.key"}
+
+            def patched() -> bool:
+                (hook,) = get_json(cluster, "mutatingwebhookconfiguration", name)["webhooks"]
+                return hook["clientConfig"].get("caBundle") == secret["data"]["ca.crt"]
+
+            wait_for(f"the generated CA in mutatingwebhookconfiguration/{name}", patched, timeout=30)
+
+            # The pod server answers over TLS that verifies for the Service's name with that CA: a
+            # token request without a bearer token is refused as an OAuth client error.
+            context = ssl.create_default_context(cadata=base64.b64decode(secret["data"]["ca.crt"]).decode())
+            host = f"{name}-pods.{ns}.svc"
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, context.wrap_socket(raw, server_hostname=host) as tls:
+                tls.sendall(f"POST /v1/token HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+                reply = b""
+                while chunk := tls.recv(65536):
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.1 401"), reply[:300]
+            assert b"invalid_client" in reply, reply[:600]
+        finally:
+            operator.stop()
+        logs = operator.logs()
+        assert not re.search(r"forbidden|\b403\b", logs, flags=re.IGNORECASE), logs[-3000:]
+    finally:
+        helm(cluster, "uninstall", name, "-n", ns, "--wait", check=False)
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 # --- every object, validated by the apiserver -----------------------------------------------
@@ -505,6 +880,8 @@ def test_every_object_passes_server_side_dry_run(cluster: Cluster, crds: None, n
         f"NetworkPolicy/{release}",
         f"ServiceMonitor/{release}",
         f"IdentityIssuer/e2e-everything-{RUN}",
+        f"Service/{release}-pods",
+        f"MutatingWebhookConfiguration/{release}",
     }
     # The server applied its defaults and the CRD's: the issuer is what the values asked for.
     issuer = objects[f"IdentityIssuer/e2e-everything-{RUN}"]["spec"]
@@ -524,12 +901,24 @@ def test_every_object_passes_server_side_dry_run(cluster: Cluster, crds: None, n
     assert "requiredDuringSchedulingIgnoredDuringExecution" in pod["affinity"]["podAntiAffinity"]
     backend = objects[f"Ingress/{release}"]["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": release, "port": {"name": "https"}}
+    # The pod server beside the issuer endpoint: its own port, Service and webhook, open to every
+    # source in the NetworkPolicy (the API server and pods in any namespace call it).
+    assert [port["name"] for port in container["ports"]] == ["https", "pods"]
+    assert objects[f"Service/{release}-pods"]["spec"]["ports"][0]["targetPort"] == "pods"
+    (hook,) = objects[f"MutatingWebhookConfiguration/{release}"]["webhooks"]
+    assert hook["clientConfig"]["service"]["name"] == f"{release}-pods"
+    policy = objects[f"NetworkPolicy/{release}"]["spec"]["ingress"]
+    assert {"ports": [{"port": "pods", "protocol": "TCP"}]} in policy
 
 
 # --- Pod Security ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [[], ["--set", "tls.enabled=true", "--set", "tls.secretName=fedid-tls"]], ids=["http", "tls"])
+@pytest.mark.parametrize(
+    "values",
+    [[], ["--set", "tls.enabled=true", "--set", "tls.secretName=fedid-tls"], CERT_MANAGER],
+    ids=["http", "tls", "cert-manager"],
+)
 def test_pod_template_meets_pod_security_restricted(cluster: Cluster, namespace: str, values: list[str]) -> None:
     # PodSecurity enforces on Pods only; for a Deployment's template it answers with warnings
     # (the warn level defaults to the enforce level), which --warnings-as-errors turns into failures.
@@ -558,6 +947,8 @@ def test_install_without_crds_and_uninstall(cluster: Cluster, crds: None) -> Non
         namespaced = ["serviceaccount", "role", "rolebinding", "service", "deployment", "poddisruptionbudget"]
         for kind in namespaced:
             get_json(cluster, kind, name, "-n", ns)
+        get_json(cluster, "service", f"{name}-pods", "-n", ns)
+        get_json(cluster, "mutatingwebhookconfiguration", name)
 
         helm(cluster, "uninstall", name, "-n", ns, "--wait")
 
@@ -567,7 +958,8 @@ def test_install_without_crds_and_uninstall(cluster: Cluster, crds: None) -> Non
 
         for kind in namespaced:
             wait_for(f"{kind}/{name} to be deleted", lambda: gone(kind, name, "-n", ns))
-        for args in (("clusterrole", name), ("clusterrolebinding", name), ("identityissuer", issuer)):
+        wait_for(f"service/{name}-pods to be deleted", lambda: gone("service", f"{name}-pods", "-n", ns))
+        for args in (("clusterrole", name), ("clusterrolebinding", name), ("mutatingwebhookconfiguration", name), ("identityissuer", issuer)):
             wait_for(f"{'/'.join(args)} to be deleted", lambda: gone(*args))
         # helm never deletes CRDs (other releases' and users' resources depend on them).
         cluster.kubectl("get", "crd", "identityissuers.fedid.dev", "federatedidentities.fedid.dev")
@@ -604,3 +996,43 @@ def test_every_value_is_documented() -> None:
         covering = [row for row in documented if path == row or path.startswith(row + ".")]
         holds_documented = any(row.startswith(path + ".") for row in documented)
         assert len(covering) == 1 or (not covering and holds_documented), f"{path} is not documented exactly once"
+
+
+def chart_values(cluster: Cluster, tmp_path: Path) -> dict:
+    """The chart's default values as the templates see them (a copy of the chart with one more
+    template printing them as JSON)."""
+    chart = tmp_path / "fedid"
+    shutil.copytree(CHART, chart, ignore=shutil.ignore_patterns("crds"))
+    (chart / "templates" / "values-json.yaml").write_text("{{ toJson .Values }}\n")
+    rendered = helm(cluster, "template", "fedid", str(chart), "--show-only", "templates/values-json.yaml").stdout
+    return json.loads(rendered.split("\n", 2)[2])  # after "---" and "# Source: ..."
+
+
+def test_documented_defaults_are_the_values(cluster: Cluster, tmp_path: Path) -> None:
+    """Where the schema states a default, it is the value in values.yaml and the README row's."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = chart_values(cluster, tmp_path)
+    rows = dict(re.findall(r"^\| `([A-Za-z][\w.]*)` \| ([^|]*) \|", (CHART / "README.md").read_text(), flags=re.MULTILINE))
+    checked = []
+
+    def visit(node: dict, value: object, path: str) -> None:
+        if "default" in node:
+            assert value == node["default"], f"{path}: values.yaml has {value!r}, the schema says {node['default']!r}"
+            shown = json.dumps(value) if not isinstance(value, str) else value
+            assert rows[path].strip() == f"`{shown}`", f"{path}: README.md shows {rows[path]!r}, the default is {shown}"
+            checked.append(path)
+        for key, child in node.get("properties", {}).items():
+            if isinstance(value, dict) and key in value:
+                visit(child, value[key], f"{path}.{key}" if path else key)
+
+    visit(schema, values, "")
+    assert {path for path in checked if path.startswith("pods.")} == {
+        "pods.enabled",
+        "pods.port",
+        "pods.tokenRequest.audience",
+        "pods.tokenRequest.qps",
+        "pods.tokenRequest.burst",
+        "pods.webhook.timeoutSeconds",
+        "pods.certManager.enabled",
+        "pods.certManager.issuerRef",
+    }

@@ -86,3 +86,27 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "fedid.servicePort" -}}
 {{- if .Values.tls.enabled }}443{{ else }}80{{ end }}
 {{- end }}
+
+{{/*
+The pod server's Service (and the name of its Certificate): "<fullname>-pods", the full name
+shortened so that it stays a DNS label.
+*/}}
+{{- define "fedid.podsName" -}}
+{{- printf "%s-pods" (include "fedid.fullname" . | trunc 58 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The names the pod server's certificate is valid for: its Service's, comma-separated. */}}
+{{- define "fedid.podsHosts" -}}
+{{- $service := printf "%s.%s.svc" (include "fedid.podsName" .) .Release.Namespace }}
+{{- printf "%s,%s.cluster.local" $service $service }}
+{{- end }}
+
+{{/* Whether cert-manager issues the pod server's certificate ("true" or empty). */}}
+{{- define "fedid.podsCertManager" -}}
+{{- if and .Values.pods.enabled .Values.pods.certManager.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Whether fedid generates the pod server's certificate and patches the webhook's caBundle. */}}
+{{- define "fedid.podsGeneratedCert" -}}
+{{- if and .Values.pods.enabled (not .Values.pods.certManager.enabled) }}true{{ end }}
+{{- end }}
