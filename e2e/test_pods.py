@@ -763,3 +763,23 @@ def test_the_token_of_a_deleted_pod_is_refused_as_access_denied(cluster: Cluster
     # has been invalidated"): the caller is a pod that no longer exists, not an unknown client.
     status, error, description = refusal(pods.request_token(gone_token, {"audience": "vault.example.com"}))
     assert (status, error) == (403, "access_denied"), description
+
+
+def test_an_identity_that_becomes_a_pod_template_removes_its_shared_token(
+    cluster: Cluster, pods: PodServer
+) -> None:
+    namespace = new_namespace(cluster, "template")
+    create_identity(cluster, namespace, "shared", None)
+    shared = wait_for(
+        "the identity's own Secret",
+        lambda: cluster.kubectl("get", "secret", "shared-token", "-n", namespace, check=False).returncode == 0 or None,
+    )
+    assert shared
+    cluster.kubectl(
+        "patch", "fid", "shared", "-n", namespace, "--type=merge", "-p", json.dumps({"spec": {"pods": {}}})
+    )
+    identity = wait_for_reason(cluster, namespace, "shared", "PodTemplate")
+    wait_for("the shared token Secret to be deleted", lambda: absent(cluster, "secret", "shared-token", namespace))
+    status = identity["status"]
+    assert "secretName" not in status and "expiresAt" not in status, status
+    assert status["issuer"] == ISSUER

@@ -14,7 +14,10 @@ use fedid_core::{
     crd::exchange::{ConfigMapKeyRef, SecretKeyRef},
     crd::issuer::DefaultIssuerError,
     crd::{FederatedIdentity, FederatedIdentityStatus},
-    credentials::token::Minted,
+    credentials::{
+        secret::{Ownership, ownership},
+        token::Minted,
+    },
     exchange::{
         CA_BUNDLE_LABEL, CLIENT_CREDENTIALS_LABEL, ClientAssertion, ClientCredential, Credentials,
         ExchangeError, ExchangeRequest, Requester, Stage, Step, build_request, client_secret_value,
@@ -37,7 +40,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{PartialObjectMeta, Patch, PatchParams, PostParams},
+    api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions},
     runtime::{
         controller::Action,
         reflector::{ObjectRef, Store},
@@ -311,7 +314,15 @@ async fn run_pipeline(
         settings.min_token_lifetime,
     )?;
     if identity.spec.pods.is_some() {
-        // A pod template writes no Secret of its own: the pod controller binds it to pods.
+        // A pod template writes no Secret of its own: the pod controller binds it to pods. A
+        // shared token written before it became a template is removed, not left valid.
+        if let Some(existing) = ctx
+            .secrets
+            .current(&validated.namespace, &validated.secret_name)
+            .filter(|secret| ownership(Some(secret), &validated.uid) == Ownership::Ours)
+        {
+            delete_own_secret(&ctx.shared, &existing).await?;
+        }
         return Ok(Passed::Template {
             issuer: validated.issuer,
         });
@@ -350,6 +361,31 @@ async fn run_pipeline(
         reason,
         margin,
     )))
+}
+
+/// Deletes a Secret fedid controls (that very object: the delete is conditional on its UID).
+async fn delete_own_secret(ctx: &Context, secret: &Secret) -> Result<(), ApplyError> {
+    let name = secret.name_any();
+    let api =
+        Api::<Secret>::namespaced(ctx.client.clone(), &secret.namespace().unwrap_or_default());
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: secret.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => {
+            info!(secret = %name, "the identity became a pod template: deleted its shared Secret");
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
+        Err(source) => Err(ApplyError::WriteSecret {
+            secret: name,
+            source,
+        }),
+    }
 }
 
 /// Report for a valid pod template: Ready with `PodTemplate`, written when it changed.

@@ -124,6 +124,21 @@ impl PodServerState {
     }
 }
 
+/// Most a request waits for the caches to be filled after a start, before it is answered as
+/// unavailable.
+const CACHE_WAIT: Duration = Duration::from_secs(3);
+
+/// Whether the caches of identities and pods are filled, waiting up to [`CACHE_WAIT`] after a
+/// start: until then "no such identity" would be a lie.
+async fn caches_ready(state: &PodServerState) -> bool {
+    tokio::time::timeout(CACHE_WAIT, async {
+        state.identities.wait_until_ready().await.is_ok()
+            && state.pods.wait_until_ready().await.is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
 /// The pod server's routes (exposed for tests).
 pub fn router(state: Arc<PodServerState>) -> Router {
     Router::new()
@@ -176,6 +191,10 @@ async fn webhook(
     let started = Instant::now();
     let request: Result<AdmissionRequest<Pod>, _> = review.try_into();
     let (response, outcome) = match request {
+        Ok(_) if !caches_ready(&state).await => (
+            AdmissionResponse::invalid("fedid is starting: its caches are not filled yet; retry"),
+            "error",
+        ),
         Ok(request) => admit_pod(&state, &request),
         Err(error) => (AdmissionResponse::invalid(error.to_string()), "error"),
     };
@@ -333,6 +352,11 @@ async fn issue(
         .and_then(|value| value.to_str().ok())
         .unwrap_or("application/json");
     let request = parse_request(content_type, body)?;
+    if !caches_ready(state).await {
+        return Err(TokenRequestError::Unavailable(
+            "fedid is starting: its caches are not filled yet; retry".into(),
+        ));
+    }
     let reviewed = review(state, bearer).await?;
     let pod = live_pod(state, &reviewed).await?;
     spend_budget(state, &reviewed.pod_uid)?;
