@@ -262,25 +262,11 @@ impl SubjectTemplate {
                 }
                 TemplatePart::Ci(claim_name) => {
                     let pod = pod.ok_or_else(|| needs_pod(&format!("ci.{claim_name}")))?;
-                    let value = pod
-                        .ci_claims
-                        .iter()
-                        .find(|claim| &claim.name == claim_name)
-                        .and_then(Claim::value_text)
-                        .ok_or_else(|| ClaimsError::MissingSubjectClaim {
-                            name: claim_name.clone(),
-                        })?;
+                    let value = claim_value(&pod.ci_claims, claim_name)?;
                     subject.push_str(&escape_subject_value(&value));
                 }
                 TemplatePart::Claim(claim_name) => {
-                    let value = claims
-                        .clone()
-                        .into_iter()
-                        .find(|claim| &claim.name == claim_name)
-                        .and_then(Claim::value_text)
-                        .ok_or_else(|| ClaimsError::MissingSubjectClaim {
-                            name: claim_name.clone(),
-                        })?;
+                    let value = claim_value(claims.clone(), claim_name)?;
                     subject.push_str(&escape_subject_value(&value));
                 }
             }
@@ -290,6 +276,20 @@ impl SubjectTemplate {
         }
         Ok(subject)
     }
+}
+
+/// The text of the claim `name` among `claims`, for a subject template.
+fn claim_value<'a>(
+    claims: impl IntoIterator<Item = &'a Claim>,
+    name: &str,
+) -> Result<String, ClaimsError> {
+    claims
+        .into_iter()
+        .find(|claim| claim.name == name)
+        .and_then(Claim::value_text)
+        .ok_or_else(|| ClaimsError::MissingSubjectClaim {
+            name: name.to_owned(),
+        })
 }
 
 /// Escapes a claim value for use inside `sub`: `%` as `%25`, `:` as `%3A`.

@@ -215,15 +215,7 @@ pub fn transition_event(
                 issued.secret_name
             ),
         }),
-        Ok(issued) if ready_changed => Some(EventNote {
-            severity: Severity::Normal,
-            reason: Reason::Issued,
-            action: "IssueToken",
-            note: format!(
-                "token from IdentityIssuer {} (key {}) written to Secret {}, valid until {}",
-                issued.issuer, issued.key_id, issued.secret_name, issued.expires_at
-            ),
-        }),
+        Ok(issued) if ready_changed => Some(issued_event(issued)),
         Ok(_) => None,
         Err(failure) if ready_changed || failure_changed => Some(EventNote {
             severity: Severity::Warning,
@@ -232,6 +224,19 @@ pub fn transition_event(
             note: message_chain(failure),
         }),
         Err(_) => None,
+    }
+}
+
+/// The Event of a token written for the first time (or again after a failure).
+pub fn issued_event(issued: &Issued) -> EventNote {
+    EventNote {
+        severity: Severity::Normal,
+        reason: Reason::Issued,
+        action: "IssueToken",
+        note: format!(
+            "token from IdentityIssuer {} (key {}) written to Secret {}, valid until {}",
+            issued.issuer, issued.key_id, issued.secret_name, issued.expires_at
+        ),
     }
 }
 

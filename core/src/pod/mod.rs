@@ -264,6 +264,63 @@ pub fn render_pod_secret(
     secret
 }
 
+/// What the report phase of a pod pass decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodReport {
+    /// The Event to publish on the pod, if any.
+    pub event: Option<crate::conditions::EventNote>,
+    /// When to look at the pod again.
+    pub requeue: std::time::Duration,
+    /// The failure to remember for the next pass (reason, consecutive failures); `None` after
+    /// a success.
+    pub failure: Option<(Reason, u32)>,
+}
+
+/// The report of one pod pass: after a success, an `Issued` Event when the pod got its first
+/// token and a requeue at the renewal time; after a failure, a Warning when its reason differs
+/// from the `previous` failure's, and a jittered backoff (or the slow recheck for a permanent
+/// failure, which a watched change cuts short).
+pub fn report(
+    uid: &str,
+    outcome: Result<&crate::identity::plan::Issued, &dyn Failure>,
+    first_issue: bool,
+    previous: Option<(Reason, u32)>,
+    now: jiff::Timestamp,
+) -> PodReport {
+    match outcome {
+        Ok(issued) => PodReport {
+            event: first_issue.then(|| crate::identity::status::issued_event(issued)),
+            requeue: crate::timing::until(issued.renew_at, now),
+            failure: None,
+        },
+        Err(failure) => {
+            let reason = failure.reason();
+            let attempts = previous.map_or(0, |(_, count)| count).saturating_add(1);
+            let event = (previous.map(|(last, _)| last) != Some(reason)).then(|| {
+                crate::conditions::EventNote {
+                    severity: crate::conditions::Severity::Warning,
+                    reason,
+                    action: "IssueToken",
+                    note: crate::reason::message_chain(failure),
+                }
+            });
+            let requeue = match failure.retry() {
+                Retry::WaitForChange => crate::reason::RECHECK_INTERVAL,
+                Retry::Backoff => crate::timing::backoff(
+                    attempts - 1,
+                    crate::timing::deterministic_jitter(&format!("{uid}/{attempts}")),
+                )
+                .max(failure.retry_after().unwrap_or_default()),
+            };
+            PodReport {
+                event,
+                requeue,
+                failure: Some((reason, attempts)),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use jiff::Timestamp;
@@ -504,6 +561,41 @@ mod tests {
             keys(json!({"allowedAudiences": ["vault"]}), Some("CA")),
             ["expires-at", "token", "token-request-ca.crt"]
         );
+    }
+
+    #[test]
+    fn a_pod_report_warns_once_per_reason_and_backs_off() {
+        let error = PodError::ServiceAccountNotAllowed {
+            service_account: "x".into(),
+            identity: "deploy".into(),
+            allowed: "ci".into(),
+        };
+        let now = Timestamp::from_second(1_800_000_000).expect("time");
+        let first = report("uid", Err(&error), false, None, now);
+        assert_eq!(
+            first.event.as_ref().map(|event| event.reason),
+            Some(Reason::ServiceAccountNotAllowed)
+        );
+        assert_eq!(first.failure, Some((Reason::ServiceAccountNotAllowed, 1)));
+        assert_eq!(first.requeue, crate::reason::RECHECK_INTERVAL);
+        let again = report("uid", Err(&error), false, first.failure, now);
+        assert_eq!(again.event, None, "the same reason is not announced twice");
+        assert_eq!(again.failure, Some((Reason::ServiceAccountNotAllowed, 2)));
+        let issued = crate::identity::plan::Issued {
+            secret_name: "deploy-abc".into(),
+            issuer: "ci".into(),
+            key_id: "k".into(),
+            issued_at: now,
+            expires_at: Timestamp::from_second(1_800_003_600).expect("time"),
+            renew_at: Timestamp::from_second(1_800_002_400).expect("time"),
+            credentials_expire_at: None,
+            written: None,
+        };
+        let done = report("uid", Ok(&issued), true, again.failure, now);
+        assert_eq!(done.event.map(|event| event.reason), Some(Reason::Issued));
+        assert_eq!(done.failure, None);
+        assert_eq!(done.requeue, std::time::Duration::from_secs(2400));
+        assert_eq!(report("uid", Ok(&issued), false, None, now).event, None);
     }
 
     #[test]

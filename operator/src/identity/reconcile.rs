@@ -364,7 +364,7 @@ async fn run_pipeline(
 }
 
 /// Deletes a Secret fedid controls (that very object: the delete is conditional on its UID).
-async fn delete_own_secret(ctx: &Context, secret: &Secret) -> Result<(), ApplyError> {
+pub(crate) async fn delete_own_secret(ctx: &Context, secret: &Secret) -> Result<(), ApplyError> {
     let name = secret.name_any();
     let api =
         Api::<Secret>::namespaced(ctx.client.clone(), &secret.namespace().unwrap_or_default());
@@ -377,7 +377,7 @@ async fn delete_own_secret(ctx: &Context, secret: &Secret) -> Result<(), ApplyEr
     };
     match api.delete(&name, &params).await {
         Ok(_) => {
-            info!(secret = %name, "the identity became a pod template: deleted its shared Secret");
+            info!(secret = %name, "deleted a Secret fedid no longer keeps");
             Ok(())
         }
         Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),

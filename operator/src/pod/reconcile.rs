@@ -13,23 +13,23 @@ use std::{
 };
 
 use fedid_core::{
-    conditions::{EventNote, Severity},
     crd::FederatedIdentity,
     credentials::secret::{Ownership, ownership},
     identity::{
         plan::{Issued, Plan, plan},
         validate::validate,
     },
-    pod::{PodError, PodLifecycle, bind, identity_name, lifecycle, render_pod_secret},
-    reason::{Failure, RECHECK_INTERVAL, Reason, Retry, message_chain},
+    pod::{
+        PodError, PodLifecycle, bind, identity_name, lifecycle, render_pod_secret,
+        report as decide_report,
+    },
+    reason::{Failure, Reason, Retry, message_chain},
     time::whole_seconds,
-    timing::{backoff, deterministic_jitter, until},
 };
 use jiff::SignedDuration;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, Resource, ResourceExt,
-    api::{DeleteParams, Preconditions},
+    Resource, ResourceExt,
     runtime::{
         controller::Action,
         reflector::{ObjectRef, Store},
@@ -40,8 +40,8 @@ use tracing::{debug, info, warn};
 use crate::{
     exchange::Priority,
     identity::reconcile::{
-        IdentityContext, IdentityError, apply, exchange, fetch, mint_on_blocking_pool,
-        unusable_issuer,
+        ApplyError, IdentityContext, IdentityError, apply, delete_own_secret, exchange, fetch,
+        mint_on_blocking_pool, unusable_issuer,
     },
     runtime::{context::is_listed, metrics::IssuerLabels},
 };
@@ -73,19 +73,28 @@ impl PodContext {
         }
     }
 
-    /// Records a failure; returns whether its reason is new for this pod, and the count.
-    fn record_failure(&self, uid: &str, reason: Reason) -> (bool, u32) {
+    /// The last failure reported for the pod, and how many in a row.
+    fn last_failure(&self, uid: &str) -> Option<(Reason, u32)> {
+        self.failures.lock().ok()?.get(uid).copied()
+    }
+
+    /// Remembers the pod's failure for the next pass, or forgets it after a success.
+    fn remember_failure(&self, uid: &str, failure: Option<(Reason, u32)>) {
         let Ok(mut failures) = self.failures.lock() else {
-            return (true, 1);
+            return;
         };
-        // Pods deleted while failing leave entries; bound the map.
-        if failures.len() > 10_000 {
-            failures.clear();
+        match failure {
+            Some(failure) => {
+                // Pods deleted while failing leave entries behind; bound the map.
+                if failures.len() >= 10_000 {
+                    failures.clear();
+                }
+                failures.insert(uid.to_owned(), failure);
+            }
+            None => {
+                failures.remove(uid);
+            }
         }
-        let entry = failures.entry(uid.to_owned()).or_insert((reason, 0));
-        let new = entry.1 == 0 || entry.0 != reason;
-        *entry = (reason, entry.1.saturating_add(1));
-        (new, entry.1)
     }
 
     fn forget(&self, uid: &str) {
@@ -135,7 +144,7 @@ impl Failure for PodPassError {
 pub struct CleanupError {
     secret: String,
     #[source]
-    source: kube::Error,
+    source: ApplyError,
 }
 
 /// Reconciles one opted-in pod.
@@ -265,8 +274,8 @@ async fn run_pipeline(
     ))
 }
 
-/// Report: an Event on the pod when its first token is written or a failure's reason changes,
-/// metrics, and when to look again.
+/// Report: the core's verdict (an Event when something changed, when to come back), metrics
+/// and logs.
 async fn report(
     pod: &Pod,
     ctx: &PodContext,
@@ -276,68 +285,33 @@ async fn report(
 ) -> Action {
     let shared = &ctx.identity.shared;
     let uid = pod.uid().unwrap_or_default();
-    let object = pod.object_ref(&());
-    match result {
-        Ok(issued) => {
-            ctx.forget(&uid);
-            if issued.written.is_some() {
-                shared
-                    .metrics
-                    .pod_tokens_issued
-                    .get_or_create(&IssuerLabels {
-                        issuer: issued.issuer.clone(),
-                    })
-                    .inc();
-                info!(issuer = %issued.issuer, kid = %issued.key_id, renew_at = %issued.renew_at, "wrote the pod's token");
-            }
-            if first_issue {
-                shared
-                    .publish(
-                        &object,
-                        EventNote {
-                            severity: Severity::Normal,
-                            reason: Reason::Issued,
-                            action: "IssueToken",
-                            note: format!(
-                                "token from IdentityIssuer {} (key {}) written to Secret {}, valid until {}",
-                                issued.issuer, issued.key_id, issued.secret_name, issued.expires_at
-                            ),
-                        },
-                    )
-                    .await;
-            }
-            Action::requeue(until(issued.renew_at, now))
+    let outcome: Result<&Issued, &dyn Failure> = match &result {
+        Ok(issued) => Ok(issued),
+        Err(error) => Err(error),
+    };
+    let decided = decide_report(&uid, outcome, first_issue, ctx.last_failure(&uid), now);
+    ctx.remember_failure(&uid, decided.failure);
+    match &result {
+        Ok(issued) if issued.written.is_some() => {
+            shared
+                .metrics
+                .pod_tokens_issued
+                .get_or_create(&IssuerLabels {
+                    issuer: issued.issuer.clone(),
+                })
+                .inc();
+            info!(issuer = %issued.issuer, kid = %issued.key_id, renew_at = %issued.renew_at, "wrote the pod's token");
         }
+        Ok(_) => {}
         Err(failure) => {
-            let reason = failure.reason();
-            let (new_reason, attempts) = ctx.record_failure(&uid, reason);
-            shared.metrics.count_failure("pod", reason);
-            warn!(reason = %reason, error = %message_chain(&failure), "no token for the pod");
-            if new_reason {
-                shared
-                    .publish(
-                        &object,
-                        EventNote {
-                            severity: Severity::Warning,
-                            reason,
-                            action: "IssueToken",
-                            note: message_chain(&failure),
-                        },
-                    )
-                    .await;
-            }
-            match failure.retry() {
-                Retry::WaitForChange => Action::requeue(RECHECK_INTERVAL),
-                Retry::Backoff => Action::requeue(
-                    backoff(
-                        attempts.saturating_sub(1),
-                        deterministic_jitter(&format!("{uid}/{attempts}")),
-                    )
-                    .max(failure.retry_after().unwrap_or_default()),
-                ),
-            }
+            shared.metrics.count_failure("pod", failure.reason());
+            warn!(reason = %failure.reason(), error = %message_chain(failure), "no token for the pod");
         }
     }
+    if let Some(event) = decided.event {
+        shared.publish(&pod.object_ref(&()), event).await;
+    }
+    Action::requeue(decided.requeue)
 }
 
 /// Deletes the Secret of a finished pod, if fedid wrote one for it (and only that object: the
@@ -356,25 +330,12 @@ async fn delete_secret(pod: &Pod, ctx: &PodContext) -> Result<(), CleanupError> 
     if ownership(Some(&existing), &pod.uid().unwrap_or_default()) != Ownership::Ours {
         return Ok(());
     }
-    let api = Api::<Secret>::namespaced(ctx.identity.shared.client.clone(), &namespace);
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: existing.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(secret_name, &params).await {
-        Ok(_) => {
-            info!(secret = %secret_name, "the pod finished: deleted its Secret");
-            Ok(())
-        }
-        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
-        Err(source) => Err(CleanupError {
+    delete_own_secret(&ctx.identity.shared, &existing)
+        .await
+        .map_err(|source| CleanupError {
             secret: secret_name.clone(),
             source,
-        }),
-    }
+        })
 }
 
 /// Called when [`reconcile`] fails (the finished pod's Secret could not be deleted).
