@@ -191,25 +191,25 @@ class Operator:
 
 def install_chart_service_account(
     cluster: Cluster, namespace: str, workdir: Path, release: str = "fedid", values: tuple[str, ...] = (),
-    keep_webhook: bool = False,
+    pods: bool = False,
 ) -> Path:
     """Installs the Helm chart (CRDs already applied) and returns a kubeconfig authenticated as
     its ServiceAccount, so that an out-of-cluster `fedid run` has exactly the chart's RBAC.
 
     `release` must contain "fedid" (then it is also the ServiceAccount's name); `values` are
-    `--set` assignments. The chart's pod webhook registration is removed unless `keep_webhook`. The ClusterRole is named after the release, so two releases in one
+    `--set` assignments. Unless `pods`, the release has `pods.enabled=false`: the chart's pod
+    webhook (failurePolicy Fail, for labelled pods of every namespace) would be served by an
+    in-cluster Service with no endpoints here, since fedid runs out of cluster, and would refuse
+    other tests' pods; a later `helm upgrade --reuse-values` keeps it off. The ClusterRole is named after the release, so two releases in one
     cluster need two names."""
     helm = str(cluster.bin / "helm")
+    if not pods:
+        values = ("pods.enabled=false", *values)
     subprocess.run(
         [helm, "upgrade", "--install", release, str(REPO_ROOT / "charts" / "fedid"), "--namespace", namespace,
          "--create-namespace", "--skip-crds", "--wait=false", *(arg for value in values for arg in ("--set", value))],
         check=True, capture_output=True, text=True, env=cluster.env(), timeout=120,
     )
-    # The chart registers its pod webhook (failurePolicy Fail) for labelled pods of every
-    # namespace, served by the in-cluster Service, which has no endpoints here: fedid runs out of
-    # cluster. Removing the registration keeps the chart's RBAC and lets other tests' pods in.
-    if not keep_webhook:
-        cluster.kubectl("delete", "mutatingwebhookconfiguration", release, "--ignore-not-found")
     token = cluster.kubectl("create", "token", release, "-n", namespace, "--duration=6h").stdout.strip()
     server = cluster.kubectl("config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}").stdout
     kubeconfig = workdir / "service-account.kubeconfig"

@@ -801,7 +801,7 @@ def test_pod_server_runs_with_the_chart_rights(cluster: Cluster, crds: None) -> 
     pods, with no request forbidden."""
     name = ns = f"fedid-pods-{RUN}"
     workdir = Path(tempfile.mkdtemp(prefix="fedid-chart-pods-"))
-    kubeconfig = install_chart_service_account(cluster, ns, workdir, release=name, keep_webhook=True)
+    kubeconfig = install_chart_service_account(cluster, ns, workdir, release=name, pods=True)
     try:
         (container,) = get_json(cluster, "deployment", name, "-n", ns)["spec"]["template"]["spec"]["containers"]
         port = free_port()
