@@ -71,7 +71,10 @@ pub async fn run_controllers(
     .default_backoff()
     .modify(strip_pod)
     .reflect(pod_writer)
-    .touched_objects();
+    .touched_objects()
+    // Status updates (the kubelet's conditions, IPs) that leave the phase alone are no reason
+    // for a pass: under a burst of new pods they would only crowd the queue.
+    .predicate_filter(pod_token_inputs, Default::default());
     let (pod_triggers, pod_triggered) = mpsc::channel::<ObjectRef<Pod>>(4096);
     let secret_pod_triggers = pod_triggers.clone();
     let identity_pod_triggers = pod_triggers;
@@ -282,6 +285,23 @@ pub fn strip_pod(pod: &mut Pod) {
             ..k8s_openapi::api::core::v1::PodStatus::default()
         };
     }
+}
+
+/// A hash of what a pod's token depends on: its UID, labels, annotations, service account,
+/// phase and whether it is being deleted.
+pub fn pod_token_inputs(pod: &Pod) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    pod.metadata.uid.hash(&mut hasher);
+    pod.labels().hash(&mut hasher);
+    pod.annotations().hash(&mut hasher);
+    fedid_core::pod::service_account(pod).hash(&mut hasher);
+    pod.status
+        .as_ref()
+        .and_then(|status| status.phase.as_deref())
+        .hash(&mut hasher);
+    pod.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// The pod that controls `secret`, if a pod does.

@@ -29,9 +29,10 @@ use fedid_core::{
     pod::mutate::InjectSettings,
 };
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     Api, Client, ResourceExt,
+    api::PartialObjectMeta,
     runtime::{WatchStreamExt, reflector, watcher},
 };
 use tokio::sync::{mpsc, watch};
@@ -421,8 +422,18 @@ async fn start_pod_server(
     .modify(strip_pod)
     .reflect(pod_writer)
     .for_each(|_| async {});
+    let (namespaces, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+    let namespace_cache = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|namespace| namespace.managed_fields_mut().clear())
+    .reflect(namespace_writer)
+    .for_each(|_| async {});
     tokio::spawn(identity_cache);
     tokio::spawn(pod_cache);
+    tokio::spawn(namespace_cache);
     let token_url = args
         .pod_token_url
         .clone()
@@ -432,6 +443,7 @@ async fn start_pod_server(
         registry,
         identities,
         pods,
+        namespaces,
         metrics,
         InjectSettings {
             token_url: Some(token_url),

@@ -37,7 +37,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::PostParams,
+    api::{PartialObjectMeta, PostParams},
     core::{
         DynamicObject,
         admission::{AdmissionRequest, AdmissionResponse, AdmissionReview},
@@ -84,6 +84,8 @@ pub struct PodServerState {
     pub identities: Store<FederatedIdentity>,
     /// Pods labelled `fedid.dev/identity`.
     pub pods: Store<Pod>,
+    /// Namespaces' metadata (an issuer may select namespaces by label).
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// What the webhook injects besides the identity's own settings.
@@ -104,6 +106,7 @@ impl PodServerState {
         registry: Arc<IssuerRegistry>,
         identities: Store<FederatedIdentity>,
         pods: Store<Pod>,
+        namespaces: Store<PartialObjectMeta<Namespace>>,
         metrics: Arc<Metrics>,
         inject: InjectSettings,
         min_token_lifetime: Duration,
@@ -114,6 +117,7 @@ impl PodServerState {
             registry,
             identities,
             pods,
+            namespaces,
             metrics,
             inject,
             min_token_lifetime,
@@ -134,6 +138,7 @@ async fn caches_ready(state: &PodServerState) -> bool {
     tokio::time::timeout(CACHE_WAIT, async {
         state.identities.wait_until_ready().await.is_ok()
             && state.pods.wait_until_ready().await.is_ok()
+            && state.namespaces.wait_until_ready().await.is_ok()
     })
     .await
     .unwrap_or(false)
@@ -186,17 +191,23 @@ fn count(
 /// `POST /mutate`: the admission review of a pod that opted in.
 async fn webhook(
     State(state): State<Arc<PodServerState>>,
-    Json(review): Json<AdmissionReview<Pod>>,
+    body: Bytes,
 ) -> Json<AdmissionReview<DynamicObject>> {
+    // Timed from the raw body, so that parsing the pod is counted too.
     let started = Instant::now();
-    let request: Result<AdmissionRequest<Pod>, _> = review.try_into();
+    let request = serde_json::from_slice::<AdmissionReview<Pod>>(&body)
+        .map_err(|error| format!("the body is not an AdmissionReview of a Pod: {error}"))
+        .and_then(|review| {
+            let request: Result<AdmissionRequest<Pod>, _> = review.try_into();
+            request.map_err(|error| error.to_string())
+        });
     let (response, outcome) = match request {
         Ok(_) if !caches_ready(&state).await => (
             AdmissionResponse::invalid("fedid is starting: its caches are not filled yet; retry"),
             "error",
         ),
         Ok(request) => admit_pod(&state, &request),
-        Err(error) => (AdmissionResponse::invalid(error.to_string()), "error"),
+        Err(error) => (AdmissionResponse::invalid(error), "error"),
     };
     count(&state.metrics.webhook_reviews, outcome);
     state
@@ -381,20 +392,16 @@ async fn issue(
     let config = issuer.config.as_ref().map_err(|_| {
         TokenRequestError::Unavailable(format!("IdentityIssuer {} is not ready", issuer.name()))
     })?;
-    let labels = if issuer.resource.needs_namespace_labels(&reviewed.namespace) {
-        let namespace = Api::<Namespace>::all(state.client.clone())
-            .get_metadata(&reviewed.namespace)
-            .await
-            .map_err(|error| {
-                TokenRequestError::Unavailable(format!(
-                    "cannot read namespace {}: {error}",
-                    reviewed.namespace
-                ))
-            })?;
-        Some(namespace.metadata.labels.unwrap_or_default())
-    } else {
-        None
-    };
+    let labels = issuer
+        .resource
+        .needs_namespace_labels(&reviewed.namespace)
+        .then(|| {
+            state
+                .namespaces
+                .get(&ObjectRef::new(&reviewed.namespace))
+                .and_then(|namespace| namespace.metadata.labels.clone())
+                .unwrap_or_default()
+        });
     let template = validate(
         &identity,
         &issuer.resource,
