@@ -7,7 +7,7 @@ use fedid_core::{
     conditions::ready_condition,
     crd::ExchangeSpec,
     crd::pods::POD_IDENTITY_LABEL,
-    crd::{FederatedIdentity, IdentityIssuer},
+    crd::{FederatedIdentity, IdentityIssuer, identity::RENEW_REQUESTED_AT_ANNOTATION},
     credentials::secret::IDENTITY_LABEL,
     exchange::{CA_BUNDLE_LABEL, CLIENT_CREDENTIALS_LABEL},
     issuer::{key_store::ISSUER_LABEL, status::IssuerChange},
@@ -18,7 +18,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::PartialObjectMeta,
     runtime::{
-        Controller, WatchStreamExt, controller, predicates,
+        Controller, Predicate, WatchStreamExt, controller, predicates,
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -87,8 +87,12 @@ pub async fn run_controllers(
     .modify(|identity| identity.managed_fields_mut().clear())
     .reflect(identity_writer)
     .touched_objects()
-    // Status writes do not change the generation: they must not trigger a pass.
-    .predicate_filter(predicates::generation, Default::default())
+    // Status writes do not change the generation: they must not trigger a pass. A renew
+    // request is metadata only, so its annotation counts as well.
+    .predicate_filter(
+        predicates::generation.combine(renew_request),
+        Default::default(),
+    )
     .inspect(move |identity| {
         if let Ok(identity) = identity {
             for pod in pods_using(&pods_of_identity, identity) {
@@ -267,6 +271,16 @@ pub async fn run_controllers(
         }
     };
     tokio::join!(identity_controller, issuer_controller, pod_controller);
+}
+
+/// The hash of an identity's renew request (`fedid.dev/renew-requested-at`), so that a new
+/// request passes the watch's predicate although the generation did not change.
+pub fn renew_request(identity: &FederatedIdentity) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let value = identity.annotations().get(RENEW_REQUESTED_AT_ANNOTATION)?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// Keeps of a pod what its token needs (metadata, service account, phase): the cache of
@@ -480,6 +494,107 @@ mod tests {
         assert_eq!(
             names(identities_concerned(&store, &change(false, false))),
             ["names-ci"]
+        );
+    }
+
+    #[test]
+    fn a_renew_request_passes_the_identity_watch_but_a_status_write_does_not() {
+        use futures::StreamExt;
+        let mut base = identity("web", None);
+        base.metadata.generation = Some(1);
+        base.metadata.uid = Some("uid-web".into());
+        let mut status_written = base.clone();
+        status_written.status = Some(fedid_core::crd::FederatedIdentityStatus {
+            issuer: Some("ci".into()),
+            ..Default::default()
+        });
+        let annotate = |object: &FederatedIdentity, value: &str| {
+            let mut annotated = object.clone();
+            annotated.metadata.annotations = Some(std::collections::BTreeMap::from([(
+                RENEW_REQUESTED_AT_ANNOTATION.to_owned(),
+                value.to_owned(),
+            )]));
+            annotated
+        };
+        let first = annotate(&status_written, "2027-01-15T08:00:00Z");
+        let same_again = first.clone();
+        let second = annotate(&status_written, "2027-01-15T08:05:00Z");
+        let mut spec_changed = second.clone();
+        spec_changed.metadata.generation = Some(2);
+        let events = vec![
+            base,
+            status_written,
+            first,
+            same_again,
+            second,
+            spec_changed,
+        ];
+        let passed: Vec<Option<String>> = futures::executor::block_on(
+            futures::stream::iter(events.into_iter().map(Ok::<_, watcher::Error>))
+                .predicate_filter(
+                    predicates::generation.combine(renew_request),
+                    Default::default(),
+                )
+                .map(|identity| {
+                    let identity = identity.expect("no error");
+                    identity
+                        .annotations()
+                        .get(RENEW_REQUESTED_AT_ANNOTATION)
+                        .cloned()
+                })
+                .collect(),
+        );
+        assert_eq!(
+            passed,
+            [
+                None,
+                Some("2027-01-15T08:00:00Z".to_owned()),
+                Some("2027-01-15T08:05:00Z".to_owned()),
+                Some("2027-01-15T08:05:00Z".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn only_what_a_pods_token_depends_on_passes_the_pod_watch() {
+        let pod = |phase: &str, ip: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "job", "namespace": "ci", "uid": "u1",
+                             "labels": {"fedid.dev/identity": "deploy"}},
+                "spec": {"serviceAccountName": "runner", "containers": []},
+                "status": {"phase": phase, "podIP": ip}
+            }))
+            .expect("pod")
+        };
+        let stripped = |mut pod: Pod| {
+            strip_pod(&mut pod);
+            pod
+        };
+        let running = pod_token_inputs(&stripped(pod("Running", "10.0.0.1")));
+        assert_eq!(
+            running,
+            pod_token_inputs(&stripped(pod("Running", "10.0.0.2")))
+        );
+        assert_ne!(
+            running,
+            pod_token_inputs(&stripped(pod("Succeeded", "10.0.0.1")))
+        );
+        let mut relabelled = stripped(pod("Running", "10.0.0.1"));
+        relabelled.labels_mut().insert("team".into(), "a".into());
+        assert_ne!(running, pod_token_inputs(&relabelled));
+        let stripped_pod = stripped(pod("Running", "10.0.0.1"));
+        assert!(
+            stripped_pod
+                .status
+                .as_ref()
+                .is_some_and(|status| status.pod_ip.is_none())
+        );
+        assert_eq!(
+            stripped_pod
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.service_account_name.as_deref()),
+            Some("runner")
         );
     }
 

@@ -1,5 +1,7 @@
 //! The `fedid` command: runs the operator and offers helpers for CRDs, tokens and issuers.
-//! Every subcommand lives in `cli/`, one file each.
+//! Every subcommand lives in `cli/`, one file each. Called `kubectl-fedid` (a symlink or
+//! copy), the binary is the kubectl plugin: `kubectl fedid status|renew|rotate|token`, the
+//! same as `fedid plugin ...`.
 
 mod cli;
 
@@ -10,6 +12,7 @@ use clap::{Parser, Subcommand};
 use cli::{
     crds::CrdsArgs,
     issuer::IssuerFilesArgs,
+    plugin::PluginCli,
     run::{LogFormat, RunArgs},
     token::TokenCommand,
 };
@@ -39,6 +42,9 @@ enum Command {
         #[command(subcommand)]
         command: IssuerCommand,
     },
+    /// The kubectl plugin's commands (what `kubectl fedid ...` runs when this binary is on
+    /// PATH as `kubectl-fedid`).
+    Plugin(PluginCli),
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,13 +55,23 @@ enum IssuerCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match execute(Cli::parse()).await {
+    let result = if cli::plugin::invoked_as_plugin(std::env::args_os().next().as_deref()) {
+        execute_plugin(PluginCli::parse()).await
+    } else {
+        execute(Cli::parse()).await
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+async fn execute_plugin(cli: PluginCli) -> Result<()> {
+    init_logging(LogFormat::Text, "off")?;
+    cli::plugin::run(cli).await
 }
 
 async fn execute(cli: Cli) -> Result<()> {
@@ -81,6 +97,7 @@ async fn execute(cli: Cli) -> Result<()> {
         Command::Issuer {
             command: IssuerCommand::Files(args),
         } => cli::issuer::issuer_files(args).await,
+        Command::Plugin(args) => cli::plugin::run(args).await,
     }
 }
 

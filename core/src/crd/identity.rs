@@ -16,6 +16,11 @@ pub const MAX_DNS_SUBDOMAIN_LENGTH: usize = 253;
 /// Most audiences a single identity may list.
 pub const MAX_AUDIENCES: usize = 10;
 
+/// Annotation asking for a new token: an RFC 3339 time (`kubectl fedid renew` writes the next
+/// whole second). The token is reissued, and exchanged again, once that time has come, unless
+/// it was issued in that second or later.
+pub const RENEW_REQUESTED_AT_ANNOTATION: &str = "fedid.dev/renew-requested-at";
+
 /// A workload identity: fedid signs a short-lived token for it and keeps the token fresh in a
 /// Secret in the same namespace.
 ///
@@ -142,6 +147,20 @@ pub struct OutputSpec {
     /// in the annotation `fedid.dev/unsigned-token`, to decide renewals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include_subject_token: Option<bool>,
+}
+
+impl FederatedIdentity {
+    /// The time of the renew-requested-at annotation; `None` when it is absent or not an RFC
+    /// 3339 time.
+    pub fn renew_requested_at(&self) -> Option<jiff::Timestamp> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(RENEW_REQUESTED_AT_ANNOTATION)?
+            .trim()
+            .parse()
+            .ok()
+    }
 }
 
 impl FederatedIdentitySpec {
@@ -330,6 +349,34 @@ mod tests {
             serde_json::to_value(&failing).expect("serializes"),
             json!({"failedAttempts": 3, "lastFailureReason": "SigningFailed"})
         );
+    }
+
+    #[test]
+    fn the_renew_request_is_read_from_its_annotation() {
+        let with = |value: Option<&str>| {
+            let mut identity = FederatedIdentity::new(
+                "web",
+                serde_json::from_value(json!({"audiences": ["a"]})).expect("spec"),
+            );
+            identity.metadata.annotations = value.map(|value| {
+                std::collections::BTreeMap::from([(
+                    RENEW_REQUESTED_AT_ANNOTATION.to_owned(),
+                    value.to_owned(),
+                )])
+            });
+            identity.renew_requested_at()
+        };
+        assert_eq!(with(None), None);
+        assert_eq!(
+            with(Some("2027-01-15T08:00:00Z")),
+            Some(jiff::Timestamp::from_second(1_800_000_000).expect("valid timestamp"))
+        );
+        assert_eq!(
+            with(Some("2027-01-15T09:00:00+01:00")),
+            Some(jiff::Timestamp::from_second(1_800_000_000).expect("valid timestamp"))
+        );
+        assert_eq!(with(Some("yesterday")), None);
+        assert_eq!(with(Some("")), None);
     }
 
     #[test]

@@ -270,6 +270,7 @@ pub fn plan(
         desired_claims: identity.claims.stable_claims(),
         desired_lifetime_seconds: i64::from(identity.claims.lifetime().as_secs()),
         published_key_ids,
+        renew_requested_at: identity.renew_requested_at,
         now,
     });
     let decision = match (decision, &stored) {
@@ -471,6 +472,123 @@ mod tests {
             ),
             Ok(Plan::Issue {
                 reason: ReissueReason::SpecChanged,
+                secret_exists: true
+            })
+        );
+    }
+
+    /// Sets the identity's renew-requested-at annotation.
+    fn request_renewal(world: &mut World, requested_at: &str) {
+        world.identity.metadata.annotations = Some(std::collections::BTreeMap::from([(
+            crate::crd::identity::RENEW_REQUESTED_AT_ANNOTATION.to_owned(),
+            requested_at.to_owned(),
+        )]));
+    }
+
+    #[test]
+    fn a_renew_request_reissues_a_token_issued_before_it_and_only_that_one() {
+        let mut world = World::new();
+        let secret = world.secret(T0);
+        // Asked for a minute after the token was issued, seen two minutes in.
+        request_renewal(&mut world, "2027-01-15T08:01:00Z");
+        assert_eq!(world.validated().renew_requested_at, Some(at(T0 + 60)));
+        assert_eq!(
+            plan(
+                &world.validated(),
+                Some(&secret),
+                &world.published(),
+                at(T0 + 120),
+                MARGIN
+            ),
+            Ok(Plan::Issue {
+                reason: ReissueReason::RenewRequested,
+                secret_exists: true
+            })
+        );
+        // The token written for it (issued in the request's second or later) is kept.
+        for issued in [T0 + 60, T0 + 120] {
+            let renewed = world.secret(issued);
+            assert!(
+                matches!(
+                    plan(
+                        &world.validated(),
+                        Some(&renewed),
+                        &world.published(),
+                        at(T0 + 120),
+                        MARGIN
+                    ),
+                    Ok(Plan::Keep(Issued { issued_at, .. })) if issued_at == at(issued)
+                ),
+                "issued at T0+{}",
+                issued - T0
+            );
+        }
+        // A request older than the token is already answered; an unreadable one is ignored.
+        for answered in ["2027-01-15T07:59:59Z", "soon"] {
+            request_renewal(&mut world, answered);
+            assert!(
+                matches!(
+                    plan(
+                        &world.validated(),
+                        Some(&secret),
+                        &world.published(),
+                        at(T0 + 120),
+                        MARGIN
+                    ),
+                    Ok(Plan::Keep(_))
+                ),
+                "{answered}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_renew_request_dated_later_is_kept_for_its_time() {
+        let mut world = World::new();
+        let secret = world.secret(T0);
+        request_renewal(&mut world, "2027-01-15T08:10:00Z");
+        let Ok(Plan::Keep(kept)) = plan(
+            &world.validated(),
+            Some(&secret),
+            &world.published(),
+            at(T0 + 60),
+            MARGIN,
+        ) else {
+            panic!("kept until the requested time");
+        };
+        assert_eq!(kept.renew_at, at(T0 + 600));
+        assert_eq!(
+            plan(
+                &world.validated(),
+                Some(&secret),
+                &world.published(),
+                at(T0 + 600),
+                MARGIN
+            ),
+            Ok(Plan::Issue {
+                reason: ReissueReason::RenewRequested,
+                secret_exists: true
+            })
+        );
+    }
+
+    #[test]
+    fn a_renew_request_exchanges_again() {
+        let mut world = World::new();
+        exchanging(&mut world, "deploy");
+        request_renewal(&mut world, "2027-01-15T08:01:00Z");
+        let validated = world.validated();
+        let secret = exchanged_secret(&world, &validated, T0 + 3600);
+        assert_eq!(
+            plan(
+                &validated,
+                Some(&secret),
+                &world.published(),
+                at(T0 + 120),
+                MARGIN
+            ),
+            Ok(Plan::Issue {
+                reason: ReissueReason::RenewRequested,
                 secret_exists: true
             })
         );

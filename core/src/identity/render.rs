@@ -171,6 +171,7 @@ mod tests {
             claims,
             exchange: None,
             include_subject_token: true,
+            renew_requested_at: None,
         }
     }
 

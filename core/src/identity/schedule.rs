@@ -62,6 +62,8 @@ pub struct ReissueInput<'a> {
     pub desired_lifetime_seconds: i64,
     /// Key IDs in the issuer's JWKS.
     pub published_key_ids: &'a [String],
+    /// When a new token was asked for (the `fedid.dev/renew-requested-at` annotation).
+    pub renew_requested_at: Option<Timestamp>,
     /// The current time.
     pub now: Timestamp,
 }
@@ -79,6 +81,8 @@ pub enum ReissueReason {
     SpecChanged,
     /// The token reached its renewal time.
     DueForRenewal,
+    /// A renewal was asked for (`kubectl fedid renew`) after the token was issued.
+    RenewRequested,
 }
 
 impl ReissueReason {
@@ -97,6 +101,7 @@ impl ReissueReason {
             Self::KeyUnpublished => "KeyUnpublished",
             Self::SpecChanged => "SpecChanged",
             Self::DueForRenewal => "DueForRenewal",
+            Self::RenewRequested => "RenewRequested",
         }
     }
 }
@@ -142,8 +147,17 @@ fn same_request(
         && stable(existing) == stable(desired)
 }
 
+/// Whether a token issued at `issued_at` answers a renew request made at `requested_at`: it
+/// was issued in that second or later. Whole seconds, as `iat` is, so that a token minted in
+/// the request's own second answers it and a request never asks twice.
+pub fn renew_request_answered(requested_at: Timestamp, issued_at: Timestamp) -> bool {
+    issued_at.as_second() >= requested_at.as_second()
+}
+
 /// Decides whether the stored token can stay. Checks, in order: a token exists, it has not
-/// expired, its signing key is still published, it matches the spec, it is not yet due.
+/// expired, its signing key is still published, it matches the spec, no renewal was asked
+/// for since it was issued, it is not yet due. A renew request dated in the future is kept
+/// for then: the token stays until that time at the latest.
 pub fn should_reissue(input: &ReissueInput<'_>) -> ReissueDecision {
     let reissue = |reason| ReissueDecision::Reissue { reason };
     let Some(existing) = &input.existing else {
@@ -168,11 +182,21 @@ pub fn should_reissue(input: &ReissueInput<'_>) -> ReissueDecision {
     ) {
         return reissue(ReissueReason::SpecChanged);
     }
+    let pending_request = input.renew_requested_at.filter(|requested| {
+        integer_claim(existing.claims, "iat")
+            .and_then(|iat| Timestamp::from_second(iat).ok())
+            .is_none_or(|issued_at| !renew_request_answered(*requested, issued_at))
+    });
+    if pending_request.is_some_and(|requested| input.now >= whole_seconds(requested)) {
+        return reissue(ReissueReason::RenewRequested);
+    }
     if input.now >= existing.renew_at {
         return reissue(ReissueReason::DueForRenewal);
     }
     ReissueDecision::Keep {
-        renew_at: existing.renew_at,
+        renew_at: pending_request.map_or(existing.renew_at, |requested| {
+            existing.renew_at.min(whole_seconds(requested))
+        }),
     }
 }
 
@@ -301,6 +325,7 @@ mod tests {
         key_id: &'static str,
         renew_at: Timestamp,
         desired: Map<String, Value>,
+        renew_requested_at: Option<Timestamp>,
         now: Timestamp,
     }
 
@@ -312,6 +337,7 @@ mod tests {
                 key_id: "k1",
                 renew_at: at(T0 + 2400),
                 desired: token_claims(T0 + 600, 3600, "aws"),
+                renew_requested_at: None,
                 now: at(T0 + 600),
             }
         }
@@ -327,6 +353,7 @@ mod tests {
                 desired_claims: &self.desired,
                 desired_lifetime_seconds: lifetime_seconds(&self.desired).unwrap_or_default(),
                 published_key_ids: &published,
+                renew_requested_at: self.renew_requested_at,
                 now: self.now,
             })
         }
@@ -416,6 +443,96 @@ mod tests {
     }
 
     #[test]
+    fn a_renew_request_after_the_token_was_issued_reissues_it() {
+        // Issued at T0, checked 10 minutes in: a request 5 minutes in is pending.
+        let requested = Case {
+            renew_requested_at: Some(at(T0 + 300)),
+            ..Case::fresh()
+        };
+        assert_eq!(requested.decide(), reissue(ReissueReason::RenewRequested));
+        // Sub-second parts of the request do not matter: `iat` has whole seconds.
+        let fractional = Case {
+            renew_requested_at: Some(
+                at(T0 + 300)
+                    .checked_add(SignedDuration::from_millis(900))
+                    .expect("in range"),
+            ),
+            ..Case::fresh()
+        };
+        assert_eq!(fractional.decide(), reissue(ReissueReason::RenewRequested));
+    }
+
+    #[test]
+    fn a_token_issued_at_or_after_the_request_answers_it() {
+        for requested in [T0 - 3600, T0 - 1, T0] {
+            let case = Case {
+                renew_requested_at: Some(at(requested)),
+                ..Case::fresh()
+            };
+            assert_eq!(
+                case.decide(),
+                ReissueDecision::Keep {
+                    renew_at: at(T0 + 2400)
+                },
+                "requested at T0{:+}",
+                requested - T0
+            );
+        }
+        // The token minted for a request in the same second answers it, so no loop.
+        let same_second = at(T0)
+            .checked_add(SignedDuration::from_millis(700))
+            .expect("in range");
+        assert!(renew_request_answered(same_second, at(T0)));
+        assert!(!renew_request_answered(at(T0 + 1), at(T0)));
+    }
+
+    #[test]
+    fn a_renew_request_in_the_future_is_kept_for_its_time() {
+        let later = Case {
+            renew_requested_at: Some(at(T0 + 900)),
+            ..Case::fresh()
+        };
+        assert_eq!(
+            later.decide(),
+            ReissueDecision::Keep {
+                renew_at: at(T0 + 900)
+            }
+        );
+        let then = Case {
+            now: at(T0 + 900),
+            ..later
+        };
+        assert_eq!(then.decide(), reissue(ReissueReason::RenewRequested));
+        // A request after the scheduled renewal does not delay it.
+        let after_renewal = Case {
+            renew_requested_at: Some(at(T0 + 3000)),
+            ..Case::fresh()
+        };
+        assert_eq!(
+            after_renewal.decide(),
+            ReissueDecision::Keep {
+                renew_at: at(T0 + 2400)
+            }
+        );
+    }
+
+    #[test]
+    fn an_expired_token_or_a_spec_change_is_reported_before_a_renew_request() {
+        let expired = Case {
+            renew_requested_at: Some(at(T0 + 300)),
+            now: at(T0 + 3600),
+            ..Case::fresh()
+        };
+        assert_eq!(expired.decide(), reissue(ReissueReason::Expired));
+        let changed = Case {
+            renew_requested_at: Some(at(T0 + 300)),
+            desired: token_claims(T0 + 600, 3600, "gcp"),
+            ..Case::fresh()
+        };
+        assert_eq!(changed.decide(), reissue(ReissueReason::SpecChanged));
+    }
+
+    #[test]
     fn reasons_have_stable_names() {
         let names: Vec<&str> = [
             ReissueReason::NoToken,
@@ -423,6 +540,7 @@ mod tests {
             ReissueReason::KeyUnpublished,
             ReissueReason::SpecChanged,
             ReissueReason::DueForRenewal,
+            ReissueReason::RenewRequested,
         ]
         .into_iter()
         .map(ReissueReason::as_str)
@@ -434,7 +552,8 @@ mod tests {
                 "Expired",
                 "KeyUnpublished",
                 "SpecChanged",
-                "DueForRenewal"
+                "DueForRenewal",
+                "RenewRequested"
             ]
         );
     }
@@ -448,6 +567,7 @@ mod tests {
             ReissueReason::KeyUnpublished,
             ReissueReason::SpecChanged,
             ReissueReason::DueForRenewal,
+            ReissueReason::RenewRequested,
         ] {
             assert!(!refresh.is_first_issue(true), "{refresh:?}");
         }

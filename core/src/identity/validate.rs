@@ -200,6 +200,9 @@ pub struct ValidatedIdentity {
     pub exchange: Option<ValidatedExchange>,
     /// Whether the Secret holds the signed token (`output.includeSubjectToken`).
     pub include_subject_token: bool,
+    /// The time of the identity's renew request (annotation `fedid.dev/renew-requested-at`):
+    /// a token issued before it is replaced.
+    pub renew_requested_at: Option<jiff::Timestamp>,
 }
 
 /// The validate phase: checks `identity` against its issuer (`resource`, whose spec validated
@@ -267,6 +270,7 @@ pub fn validate(
         include_subject_token: identity.spec.includes_subject_token(),
         claims: spec.claims,
         exchange,
+        renew_requested_at: identity.renew_requested_at(),
     })
 }
 

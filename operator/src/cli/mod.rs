@@ -2,5 +2,6 @@
 
 pub mod crds;
 pub mod issuer;
+pub mod plugin;
 pub mod run;
 pub mod token;

@@ -190,7 +190,7 @@ fn parse_rate(input: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_duration(input: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(input: &str) -> Result<Duration, String> {
     input
         .parse::<fedid_core::crd::Duration>()
         .map(fedid_core::crd::Duration::to_std)

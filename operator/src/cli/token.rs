@@ -125,8 +125,13 @@ fn token_report(verified: bool, decoded: &DecodedToken, claims: &Map<String, Val
 
 /// `fedid token decode`.
 pub fn decode(args: &DecodeArgs) -> Result<()> {
-    let decoded = token::decode_unverified(&read_token(&args.token)?)
-        .context("failed to decode the token")?;
+    print_decoded(&read_token(&args.token)?)
+}
+
+/// Prints `jwt`'s header and claims as `fedid token decode` does (also `kubectl fedid token
+/// --decode`).
+pub fn print_decoded(jwt: &str) -> Result<()> {
+    let decoded = token::decode_unverified(jwt).context("failed to decode the token")?;
     let report = token_report(false, &decoded, &decoded.claims);
     println!("{}", serde_json::to_string_pretty(&report)?);
     eprintln!("note: the signature was NOT verified; use `fedid token verify` to check it");
@@ -146,7 +151,8 @@ pub async fn verify(args: &VerifyArgs) -> Result<()> {
     Ok(())
 }
 
-async fn load_jwks(source: &str, ca_file: Option<&Path>) -> Result<Value> {
+/// The JWKS at `source`: an http(s) URL (trusting only `ca_file`'s CAs when given) or a file.
+pub async fn load_jwks(source: &str, ca_file: Option<&Path>) -> Result<Value> {
     let body = if source.starts_with("https://") || source.starts_with("http://") {
         fetch(source, ca_file).await?
     } else {
