@@ -308,7 +308,7 @@ def test_minio_sees_one_assume_role_with_web_identity_per_pod(env: dict, two_pod
 
 def test_a_finished_pods_secret_is_deleted_and_the_other_pods_stays(cluster: Cluster, two_pods: dict) -> None:
     namespace = two_pods["namespace"]
-    (done, live), (done_secret, live_secret) = two_pods["pods"], two_pods["secrets"]
+    done, (done_secret, live_secret) = two_pods["pods"][0], two_pods["secrets"]
     set_phase(cluster, namespace, done["metadata"]["name"], "Succeeded")
     wait_for("the Secret of the finished pod to be deleted",
              lambda: absent(cluster, "secret", done_secret["metadata"]["name"], namespace), timeout=90)

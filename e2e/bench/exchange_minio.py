@@ -42,6 +42,7 @@ E2E = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(E2E))
 
 from conftest import CLUSTER_DIR, Cluster, _build_tools  # noqa: E402
+from bench.cpu import CpuMeter  # noqa: E402
 from fedid_harness import Operator, fedid_binary, free_port, write_serving_certificate  # noqa: E402
 from peers.recorder import Recorder, forward  # noqa: E402
 
@@ -101,39 +102,6 @@ def busiest_second(times: list[float]) -> int:
             low += 1
         best = max(best, high - low + 1)
     return best
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (`/proc/<pid>/stat` fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """CPU seconds each named process (and this one: the recording proxy and the anchor's client)
-    spends between `start()` and `stop()`: on a saturated machine the rates follow the CPU each
-    request costs, so this says what bounds the ratio."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.before: dict[str, float] = {}
-
-    def _now(self) -> dict[str, float]:
-        own = os.times()
-        sample = {"bench (proxy, client)": own.user + own.system}
-        for name, pid in self.pids.items():
-            try:
-                sample[name] = cpu_seconds(pid)
-            except (OSError, IndexError, ValueError):
-                sample[name] = 0.0
-        return sample
-
-    def start(self) -> None:
-        self.before = self._now()
-
-    def stop(self) -> dict[str, float]:
-        after = self._now()
-        return {name: round(after[name] - self.before.get(name, 0.0), 2) for name in after}
 
 
 def cpu_per_request_ms(spent: dict[str, float], requests: int) -> dict[str, float]:
@@ -247,7 +215,7 @@ def main() -> None:
                 cluster, namespace, "EndpointNotAllowed") >= args.identities, 600)
             assert not proxy.requests
             control_plane = {path.name: int(path.read_text().strip()) for path in (state / "pids").iterdir()}
-            meter = CpuMeter({**control_plane, "minio": minio.pid, "fedid": operator.process.pid})
+            meter = CpuMeter({**control_plane, "minio": minio.pid, "fedid": operator.process.pid}, "bench (proxy, client)", digits=2)
             meter.start()
             started = time.time()
             cluster.kubectl("patch", "identityissuer", issuer, "--type=merge", "-p",

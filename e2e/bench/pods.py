@@ -79,6 +79,7 @@ REPO = E2E.parent
 sys.path.insert(0, str(E2E))
 
 from conftest import CLUSTER_DIR, Cluster, _build_tools  # noqa: E402
+from bench.cpu import CpuMeter  # noqa: E402
 from fedid_harness import Operator, free_port  # noqa: E402
 
 IDENTITY_LABEL = "fedid.dev/identity"
@@ -237,38 +238,6 @@ def percentiles(values: list[float], scale: float = 1000.0) -> dict:
     return {"count": len(ordered), "min": round(ordered[0] * scale, 2), "p50": round(at(0.5) * scale, 2),
             "p90": round(at(0.9) * scale, 2), "p99": round(at(0.99) * scale, 2),
             "max": round(ordered[-1] * scale, 2)}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (`/proc/<pid>/stat` fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """CPU seconds each named process (and this one: the client and the watches) spends between
-    `start()` and `stop()`; as in exchange_minio.py."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.before: dict[str, float] = {}
-
-    def _now(self) -> dict[str, float]:
-        own = os.times()
-        sample = {"bench (client, watches)": own.user + own.system}
-        for name, pid in self.pids.items():
-            try:
-                sample[name] = cpu_seconds(pid)
-            except (OSError, IndexError, ValueError):
-                sample[name] = 0.0
-        return sample
-
-    def start(self) -> None:
-        self.before = self._now()
-
-    def stop(self) -> dict[str, float]:
-        after = self._now()
-        return {name: after[name] - self.before.get(name, 0.0) for name in after}
 
 
 def add_cpu(total: dict[str, float], spent: dict[str, float]) -> None:
@@ -957,7 +926,7 @@ def main() -> None:
         wait_for_reason(cluster, selector_namespace, identity, "PodTemplate")
 
         control_plane = {path.name: int(path.read_text().strip()) for path in (state / "pids").iterdir()}
-        meter = CpuMeter({**control_plane, "kwok": kwok.pid, "fedid": operator.process.pid})
+        meter = CpuMeter({**control_plane, "kwok": kwok.pid, "fedid": operator.process.pid}, "bench (client, watches)")
 
         # Watches: Secrets of the namespace (fedid's label), and its pods (admitted, Running).
         lock = threading.Lock()
