@@ -3,7 +3,10 @@
 
 use serde::Deserialize;
 
-use crate::crd::{Duration, FederatedIdentitySpec};
+use k8s_openapi::api::core::v1::Pod;
+
+use super::{PodLifecycle, identity_name, lifecycle, service_account};
+use crate::crd::{Duration, FederatedIdentitySpec, pods::POD_IDENTITY_LABEL};
 
 /// What a pod asks for: one audience and, optionally, a lifetime.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -75,6 +78,51 @@ impl TokenRequestError {
     /// The JSON error body: `{"error": …, "error_description": …}`.
     pub fn body(&self) -> serde_json::Value {
         serde_json::json!({"error": self.code(), "error_description": self.to_string()})
+    }
+}
+
+/// The pod a service-account token is bound to, as the apiserver's TokenReview named it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoundPod {
+    /// The pod's namespace (the service account's).
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// The pod's UID.
+    pub uid: String,
+    /// The service account the token belongs to.
+    pub service_account: String,
+}
+
+/// Whether `pod` (the pod of that name now, if any) is the live, opted-in pod the token was
+/// bound to, of the token's service account.
+pub fn check_bound_pod(pod: Option<&Pod>, bound: &BoundPod) -> Result<(), TokenRequestError> {
+    let forbidden = |why: String| {
+        Err(TokenRequestError::Forbidden(format!(
+            "pod {}/{} {why}",
+            bound.namespace, bound.name
+        )))
+    };
+    let Some(pod) = pod else {
+        return forbidden("no longer exists".into());
+    };
+    if identity_name(pod).is_none() {
+        return forbidden(format!(
+            "has no {POD_IDENTITY_LABEL} label: it has not opted into fedid"
+        ));
+    }
+    if pod.metadata.uid.as_deref() != Some(bound.uid.as_str()) {
+        return forbidden("no longer exists (a pod of that name has another UID)".into());
+    }
+    if service_account(pod) != bound.service_account {
+        return Err(TokenRequestError::Forbidden(
+            "the token's service account is not the pod's".into(),
+        ));
+    }
+    match lifecycle(pod) {
+        PodLifecycle::Live => Ok(()),
+        PodLifecycle::Finished => forbidden("has finished".into()),
+        PodLifecycle::Terminating => forbidden("is being deleted".into()),
     }
 }
 
@@ -262,6 +310,59 @@ mod tests {
             )
             .expect_err("bounded");
             assert_eq!(error.code(), "invalid_request", "{lifetime}");
+        }
+    }
+
+    #[test]
+    fn only_the_live_opted_in_pod_the_token_is_bound_to_may_ask() {
+        let bound = BoundPod {
+            namespace: "ci".into(),
+            name: "job".into(),
+            uid: "u1".into(),
+            service_account: "runner".into(),
+        };
+        let pod = |uid: &str, labelled: bool, account: &str, phase: &str| -> Pod {
+            let labels = if labelled {
+                json!({"fedid.dev/identity": "deploy"})
+            } else {
+                json!({})
+            };
+            serde_json::from_value(json!({
+                "metadata": {"name": "job", "namespace": "ci", "uid": uid, "labels": labels},
+                "spec": {"serviceAccountName": account, "containers": []},
+                "status": {"phase": phase}
+            }))
+            .expect("pod")
+        };
+        assert_eq!(
+            check_bound_pod(Some(&pod("u1", true, "runner", "Running")), &bound),
+            Ok(())
+        );
+        let refusals = [
+            (None, "pod ci/job no longer exists"),
+            (
+                Some(pod("u1", false, "runner", "Running")),
+                "pod ci/job has no fedid.dev/identity label: it has not opted into fedid",
+            ),
+            (
+                Some(pod("u2", true, "runner", "Running")),
+                "pod ci/job no longer exists (a pod of that name has another UID)",
+            ),
+            (
+                Some(pod("u1", true, "other", "Running")),
+                "the token's service account is not the pod's",
+            ),
+            (
+                Some(pod("u1", true, "runner", "Succeeded")),
+                "pod ci/job has finished",
+            ),
+        ];
+        for (candidate, message) in refusals {
+            let error = check_bound_pod(candidate.as_ref(), &bound).expect_err(message);
+            assert_eq!(
+                (error.status(), error.code(), error.to_string().as_str()),
+                (403, "access_denied", message)
+            );
         }
     }
 

@@ -419,10 +419,19 @@ pub(crate) fn fetch(
     identity: &FederatedIdentity,
     ctx: &IdentityContext,
 ) -> Result<Fetched, FetchError> {
-    let issuer = resolve_issuer(&ctx.registry, identity.spec.issuer_ref.as_deref())?;
+    fetch_from_caches(identity, &ctx.registry, &ctx.namespaces)
+}
+
+/// [`fetch`] from the given caches (the pod server keeps its own).
+pub(crate) fn fetch_from_caches(
+    identity: &FederatedIdentity,
+    registry: &IssuerRegistry,
+    namespaces: &Store<PartialObjectMeta<Namespace>>,
+) -> Result<Fetched, FetchError> {
+    let issuer = resolve_issuer(registry, identity.spec.issuer_ref.as_deref())?;
     let namespace = identity.namespace().unwrap_or_default();
     let namespace_labels = issuer.resource.needs_namespace_labels(&namespace).then(|| {
-        ctx.namespaces
+        namespaces
             .get(&ObjectRef::new(&namespace))
             .and_then(|cached| cached.metadata.labels.clone())
             .unwrap_or_default()

@@ -23,20 +23,21 @@ use fedid_core::{
     credentials::token::Minted,
     identity::{mint::mint, validate::validate},
     pod::{
-        PodLifecycle, allows_service_account, bind_with, identity_name, lifecycle,
+        allows_service_account, bind_with, identity_name,
         mutate::{InjectSettings, mutate},
         service_account,
-        token_request::{TokenRequestError, admit, parse_request},
+        token_request::{BoundPod, TokenRequestError, admit, check_bound_pod, parse_request},
     },
     reason::message_chain,
     time::whole_seconds,
+    timing::TokenBucket,
 };
 use k8s_openapi::api::{
     authentication::v1::{TokenReview, TokenReviewSpec},
     core::v1::{Namespace, Pod},
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client,
     api::{PartialObjectMeta, PostParams},
     core::{
         DynamicObject,
@@ -49,6 +50,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::{
+    identity::reconcile::{fetch_from_caches, unusable_issuer},
     issuer::registry::IssuerRegistry,
     runtime::metrics::{Metrics, OutcomeLabels},
 };
@@ -94,8 +96,9 @@ pub struct PodServerState {
     pub min_token_lifetime: Duration,
     /// Per-pod budget.
     pub budget: RequestBudget,
-    reviews: Mutex<HashMap<[u8; 32], (Reviewed, Instant)>>,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    reviews: Mutex<HashMap<[u8; 32], (BoundPod, Instant)>>,
+    buckets: Mutex<HashMap<String, (TokenBucket, f64)>>,
+    started: Instant,
 }
 
 impl PodServerState {
@@ -124,6 +127,7 @@ impl PodServerState {
             budget,
             reviews: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
+            started: Instant::now(),
         }
     }
 }
@@ -283,15 +287,6 @@ fn random_suffix() -> String {
         .collect()
 }
 
-/// Who a service-account token belongs to, as the apiserver's TokenReview said.
-#[derive(Clone, Debug)]
-struct Reviewed {
-    namespace: String,
-    service_account: String,
-    pod_name: String,
-    pod_uid: String,
-}
-
 /// `POST /v1/token`.
 async fn token(
     State(state): State<Arc<PodServerState>>,
@@ -370,7 +365,7 @@ async fn issue(
     }
     let reviewed = review(state, bearer).await?;
     let pod = live_pod(state, &reviewed).await?;
-    spend_budget(state, &reviewed.pod_uid)?;
+    spend_budget(state, &reviewed.uid)?;
     let forbidden = TokenRequestError::Forbidden;
     let name = identity_name(&pod).unwrap_or_default().to_owned();
     let identity = state
@@ -382,26 +377,13 @@ async fn issue(
                 reviewed.namespace
             ))
         })?;
-    let issuer = match &identity.spec.issuer_ref {
-        Some(issuer) => state.registry.get(issuer),
-        None => state.registry.default_issuer().ok(),
-    }
-    .ok_or_else(|| {
-        TokenRequestError::Unavailable("the identity's IdentityIssuer is not available".into())
+    let fetched = fetch_from_caches(&identity, &state.registry, &state.namespaces)
+        .map_err(|error| TokenRequestError::Unavailable(message_chain(&error)))?;
+    let issuer = fetched.issuer;
+    let config = issuer.config.as_ref().map_err(|unusable| {
+        TokenRequestError::Unavailable(message_chain(&unusable_issuer(&issuer, unusable)))
     })?;
-    let config = issuer.config.as_ref().map_err(|_| {
-        TokenRequestError::Unavailable(format!("IdentityIssuer {} is not ready", issuer.name()))
-    })?;
-    let labels = issuer
-        .resource
-        .needs_namespace_labels(&reviewed.namespace)
-        .then(|| {
-            state
-                .namespaces
-                .get(&ObjectRef::new(&reviewed.namespace))
-                .and_then(|namespace| namespace.metadata.labels.clone())
-                .unwrap_or_default()
-        });
+    let labels = fetched.namespace_labels;
     let template = validate(
         &identity,
         &issuer.resource,
@@ -444,12 +426,12 @@ async fn issue(
         .metrics
         .signing_duration
         .observe(started.elapsed().as_secs_f64());
-    info!(namespace = %reviewed.namespace, pod = %reviewed.pod_name, identity = %name, "issued a requested token");
+    info!(namespace = %reviewed.namespace, pod = %reviewed.name, identity = %name, "issued a requested token");
     Ok((minted, lifetime))
 }
 
 /// The apiserver's verdict on `token` for fedid's audience, reused for [`REVIEW_CACHE_TTL`].
-async fn review(state: &PodServerState, token: &str) -> Result<Reviewed, TokenRequestError> {
+async fn review(state: &PodServerState, token: &str) -> Result<BoundPod, TokenRequestError> {
     let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     if let Ok(cache) = state.reviews.lock()
         && let Some((reviewed, at)) = cache.get(&key)
@@ -505,11 +487,11 @@ async fn review(state: &PodServerState, token: &str) -> Result<Reviewed, TokenRe
             "the token is not bound to a pod: use the pod's projected service-account token".into(),
         ));
     };
-    let reviewed = Reviewed {
+    let reviewed = BoundPod {
         namespace: namespace.to_owned(),
         service_account: service_account.to_owned(),
-        pod_name,
-        pod_uid,
+        name: pod_name,
+        uid: pod_uid,
     };
     if let Ok(mut cache) = state.reviews.lock() {
         if cache.len() >= MAX_TABLE_ENTRIES {
@@ -525,88 +507,43 @@ async fn review(state: &PodServerState, token: &str) -> Result<Reviewed, TokenRe
 
 /// The live, opted-in pod the token is bound to: from the cache, or from the apiserver to say
 /// precisely why it is not there.
-async fn live_pod(state: &PodServerState, reviewed: &Reviewed) -> Result<Pod, TokenRequestError> {
-    let forbidden = TokenRequestError::Forbidden;
+async fn live_pod(state: &PodServerState, bound: &BoundPod) -> Result<Pod, TokenRequestError> {
     let cached = state
         .pods
-        .get(&ObjectRef::new(&reviewed.pod_name).within(&reviewed.namespace));
+        .get(&ObjectRef::new(&bound.name).within(&bound.namespace));
     let pod = match cached {
-        Some(pod) => (*pod).clone(),
-        None => {
-            let found = Api::<Pod>::namespaced(state.client.clone(), &reviewed.namespace)
-                .get_opt(&reviewed.pod_name)
-                .await
-                .map_err(|error| {
-                    TokenRequestError::Unavailable(format!("cannot read the pod: {error}"))
-                })?;
-            match found {
-                None => {
-                    return Err(forbidden(format!(
-                        "pod {}/{} no longer exists",
-                        reviewed.namespace, reviewed.pod_name
-                    )));
-                }
-                Some(pod) if identity_name(&pod).is_none() => {
-                    return Err(forbidden(format!(
-                        "pod {}/{} has no {POD_IDENTITY_LABEL} label: it has not opted into fedid",
-                        reviewed.namespace, reviewed.pod_name
-                    )));
-                }
-                Some(pod) => pod,
-            }
-        }
+        Some(pod) => Some((*pod).clone()),
+        // Not among the opted-in pods: read it, to say precisely why it may not ask.
+        None => Api::<Pod>::namespaced(state.client.clone(), &bound.namespace)
+            .get_opt(&bound.name)
+            .await
+            .map_err(|error| {
+                TokenRequestError::Unavailable(format!("cannot read the pod: {error}"))
+            })?,
     };
-    if pod.uid().as_deref() != Some(reviewed.pod_uid.as_str()) {
-        return Err(forbidden(format!(
-            "pod {}/{} no longer exists (a pod of that name has another UID)",
-            reviewed.namespace, reviewed.pod_name
-        )));
-    }
-    if service_account(&pod) != reviewed.service_account {
-        return Err(forbidden(
-            "the token's service account is not the pod's".into(),
-        ));
-    }
-    match lifecycle(&pod) {
-        PodLifecycle::Live => Ok(pod),
-        PodLifecycle::Finished => Err(forbidden(format!(
-            "pod {}/{} has finished",
-            reviewed.namespace, reviewed.pod_name
-        ))),
-        PodLifecycle::Terminating => Err(forbidden(format!(
-            "pod {}/{} is being deleted",
-            reviewed.namespace, reviewed.pod_name
-        ))),
-    }
+    check_bound_pod(pod.as_ref(), bound)?;
+    pod.ok_or_else(|| TokenRequestError::Forbidden("the pod no longer exists".into()))
 }
 
 /// Takes one request from the pod's token bucket.
 fn spend_budget(state: &PodServerState, pod_uid: &str) -> Result<(), TokenRequestError> {
     let RequestBudget { qps, burst } = state.budget;
+    let now = state.started.elapsed().as_secs_f64();
     let Ok(mut buckets) = state.buckets.lock() else {
         return Ok(());
     };
     if buckets.len() >= MAX_TABLE_ENTRIES {
-        let full_after = Duration::from_secs_f64(f64::from(burst) / qps);
-        buckets.retain(|_, (_, at)| at.elapsed() < full_after);
+        // A bucket untouched for longer than it takes to refill is full: forgetting it is free.
+        let refill = f64::from(burst) / qps;
+        buckets.retain(|_, (_, used)| now - *used < refill);
     }
-    let now = Instant::now();
-    let (tokens, last) = buckets
+    let (bucket, used) = buckets
         .entry(pod_uid.to_owned())
-        .or_insert((f64::from(burst), now));
-    *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * qps).min(f64::from(burst));
-    *last = now;
-    if *tokens >= 1.0 {
-        *tokens -= 1.0;
-        Ok(())
-    } else {
-        let wait = ((1.0 - *tokens) / qps).ceil();
-        Err(TokenRequestError::TooManyRequests {
-            retry_after_seconds: if wait.is_finite() && wait >= 1.0 {
-                wait as u64
-            } else {
-                1
-            },
+        .or_insert_with(|| (TokenBucket::new(qps, burst, now), now));
+    *used = now;
+    bucket
+        .try_take(now)
+        .map_err(|wait| TokenRequestError::TooManyRequests {
+            retry_after_seconds: wait.as_secs_f64().ceil().max(1.0) as u64,
         })
-    }
 }
