@@ -230,16 +230,16 @@ def install_chart_service_account(
 
 @contextmanager
 def chart_operator(cluster: Cluster, name: str, namespaces: Iterable[str],
-                   extra_args: Iterable[str] = ()) -> Iterator[Operator]:
-    """`fedid run` (named `name`) as the chart's ServiceAccount, after fedid's CRDs are applied
-    and `namespaces` exist, with a Lease of its own; stopped at the end, when its logs must hold
-    no JWT."""
+                   extra_args: Iterable[str] = (), values: tuple[str, ...] = ()) -> Iterator[Operator]:
+    """`fedid run` (named `name`) as the chart's ServiceAccount (the chart installed with the
+    `--set` assignments `values`), after fedid's CRDs are applied and `namespaces` exist, with a
+    Lease of its own; stopped at the end, when its logs must hold no JWT."""
     cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "crd/federatedidentities.fedid.dev", "--timeout=60s")
     for namespace in (OPERATOR_NAMESPACE, *namespaces):
         cluster.kubectl("create", "namespace", namespace, check=False)
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
-    service_account = install_chart_service_account(cluster, OPERATOR_NAMESPACE, workdir)
+    service_account = install_chart_service_account(cluster, OPERATOR_NAMESPACE, workdir, values=values)
     running = Operator(cluster=cluster, binary=fedid_binary(), workdir=workdir, kubeconfig=service_account,
                        name=name, extra_args=["--leader-election-lease-name", f"{name}-{uuid.uuid4().hex[:6]}",
                                               *extra_args])

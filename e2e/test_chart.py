@@ -520,7 +520,22 @@ ARG_CONFIGURATIONS = {
     "cert-manager": [*EVERYTHING, *CERT_MANAGER],
     "no-pods": ["--set", "pods.enabled=false"],
     "single": ["--set", "replicaCount=1", "--set", "leaderElection.enabled=false"],
+    "rollout": ["--set", "rollout.enabled=true"],
 }
+
+
+def test_rollout_adds_the_flag_and_only_a_patch_on_workloads(cluster: Cluster) -> None:
+    """rollout.enabled turns on --rollout and adds one rule: patch (no get, list or watch) on
+    the three workload kinds; off by default, with neither."""
+    default = pod_render(cluster, "--set", "pods.enabled=false")
+    assert "--rollout=false" in container_of(default, POD_RELEASE)["args"]
+    assert cluster_rules(default, POD_RELEASE) == BASE_RULES
+    enabled = pod_render(cluster, "--set", "pods.enabled=false", "--set", "rollout.enabled=true")
+    assert "--rollout=true" in container_of(enabled, POD_RELEASE)["args"]
+    assert cluster_rules(enabled, POD_RELEASE) == {
+        **BASE_RULES,
+        **{("apps", kind): ["patch"] for kind in ("deployments", "statefulsets", "daemonsets")},
+    }
 
 
 @pytest.mark.parametrize("values", ARG_CONFIGURATIONS.values(), ids=ARG_CONFIGURATIONS.keys())
@@ -726,6 +741,9 @@ RIGHTS = [
     ("list", WEBHOOKS, None, False),
     ("create", WEBHOOKS, None, False),
     ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io", None, False, RELEASE),
+    # Workloads only with rollout.enabled, which this release leaves off.
+    ("patch", "deployments.apps", "other", False),
+    ("get", "deployments.apps", "other", False),
     # Nothing else.
     ("create", "serviceaccounts/token", "other", False),
     ("get", "nodes", None, False),

@@ -12,6 +12,10 @@ pub const READY: &str = "Ready";
 /// (identities with `spec.exchange` only).
 pub const CREDENTIALS_FRESH: &str = "CredentialsFresh";
 
+/// Type of the condition saying whether the `spec.output.rollout` workloads run with the
+/// Secret's current contents (identities with `spec.output.rollout` only).
+pub const ROLLED_OUT: &str = "RolledOut";
+
 /// Status of a condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConditionStatus {

@@ -237,6 +237,20 @@ reasons! {
     MissingPodClaim,
     /// Pod: it was created without passing fedid's webhook (no `fedid.dev/secret-name` annotation).
     PodNotInjected,
+
+    // Output templates and consumer restarts.
+    /// FederatedIdentity: an `output.template` entry does not parse or render, or names a key fedid writes.
+    InvalidTemplate,
+    /// FederatedIdentity, `RolledOut` condition and Event: the `output.rollout` workloads were restarted for new credentials.
+    RolledOut,
+    /// FederatedIdentity, `RolledOut` condition: the workloads run with the current credentials (none changed since rollout was set up or last restarted).
+    UpToDate,
+    /// FederatedIdentity, `RolledOut` condition: new credentials wait for `output.rollout.minInterval` to pass since the last restart.
+    RolloutPending,
+    /// FederatedIdentity, `RolledOut` condition and Event: a workload could not be restarted (not found, not permitted, API error).
+    RolloutFailed,
+    /// FederatedIdentity, `RolledOut` condition: the operator runs without `--rollout`, so `output.rollout` is not acted on.
+    RolloutDisabled,
 }
 
 impl fmt::Display for Reason {
@@ -388,7 +402,13 @@ mod tests {
                 "PodsNotEnabled",
                 "ServiceAccountNotAllowed",
                 "MissingPodClaim",
-                "PodNotInjected"
+                "PodNotInjected",
+                "InvalidTemplate",
+                "RolledOut",
+                "UpToDate",
+                "RolloutPending",
+                "RolloutFailed",
+                "RolloutDisabled"
             ]
         );
     }

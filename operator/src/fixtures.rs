@@ -86,6 +86,7 @@ pub fn settings() -> crate::runtime::context::Settings {
         exchange_qps: 100.0,
         exchange_burst: 100,
         exchange_concurrency: 100,
+        rollout: true,
     }
 }
 

@@ -4,7 +4,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube_derive::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{claim::Claim, duration::Duration, exchange::ExchangeSpec, pods::PodsSpec};
+use super::{
+    claim::Claim, duration::Duration, exchange::ExchangeSpec, output::OutputSpec, pods::PodsSpec,
+};
 
 /// Regular expression for a DNS-1123 subdomain, the format of Secret names.
 pub const DNS_SUBDOMAIN_PATTERN: &str =
@@ -75,6 +77,14 @@ pub const RENEW_REQUESTED_AT_ANNOTATION: &str = "fedid.dev/renew-requested-at";
         .message("pods.awsRoleARN is for SDKs that exchange the token themselves; with exchange.aws fedid already holds the role's credentials")
 )]
 #[x_kube(
+    validation = Rule::new("(has(self.output) && has(self.output.secretType) ? self.output.secretType : 'Opaque') == (has(oldSelf.output) && has(oldSelf.output.secretType) ? oldSelf.output.secretType : 'Opaque')")
+        .message("output.secretType cannot be changed: a Secret's type is immutable; delete the FederatedIdentity and create it again")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.pods) || !has(self.output) || !has(self.output.rollout)")
+        .message("output.rollout cannot be used with pods: each pod's Secret belongs to that pod, which reads it at start")
+)]
+#[x_kube(
     validation = Rule::new("!has(self.pods) || !has(self.secretName)")
         .message("secretName cannot be used with pods: each pod gets a Secret named by the webhook")
 )]
@@ -134,19 +144,6 @@ pub struct FederatedIdentitySpec {
     /// Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods: Option<PodsSpec>,
-}
-
-/// The output Secret's contents.
-#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[x_kube(crates(kube_core = "::kube_core"))]
-#[serde(rename_all = "camelCase")]
-pub struct OutputSpec {
-    /// Whether the Secret keeps the signed token under `token` (default `true`). Set `false`
-    /// when pods need only the exchanged credentials, so the token that bought them never
-    /// reaches the pods; fedid then keeps the token's header and claims without its signature
-    /// in the annotation `fedid.dev/unsigned-token`, to decide renewals.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub include_subject_token: Option<bool>,
 }
 
 impl FederatedIdentity {
@@ -226,6 +223,24 @@ pub struct FederatedIdentityStatus {
     /// The most recent exchange request and its outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exchange: Option<LastExchange>,
+
+    /// What `spec.output.rollout` last did (identities with `spec.output.rollout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// The restarts of `spec.output.rollout` workloads, as reported in the status.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Digest of the Secret's contents the workloads were last restarted for (or were running
+    /// with when rollout was set up); new contents restart them.
+    pub credentials_digest: String,
+    /// When fedid last patched the workloads, successfully or not; the next restart waits for
+    /// `minInterval` after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart_time: Option<Time>,
 }
 
 /// One exchange request as reported in the status.
@@ -327,6 +342,10 @@ mod tests {
             conditions: Vec::new(),
             credentials_expire_at: None,
             last_exchange: None,
+            rollout: Some(RolloutStatus {
+                credentials_digest: "0123456789abcdef".into(),
+                last_restart_time: Some(at(1_800_000_060)),
+            }),
         };
         assert_eq!(
             serde_json::to_value(&status).expect("serializes"),
@@ -337,7 +356,11 @@ mod tests {
                 "keyID": "kid-1",
                 "issuedAt": "2027-01-15T08:00:00Z",
                 "expiresAt": "2027-01-15T09:00:00Z",
-                "renewAt": "2027-01-15T08:40:00Z"
+                "renewAt": "2027-01-15T08:40:00Z",
+                "rollout": {
+                    "credentialsDigest": "0123456789abcdef",
+                    "lastRestartTime": "2027-01-15T08:01:00Z"
+                }
             })
         );
         let failing = FederatedIdentityStatus {

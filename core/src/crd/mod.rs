@@ -8,6 +8,7 @@ pub mod duration;
 pub mod exchange;
 pub mod identity;
 pub mod issuer;
+pub mod output;
 pub mod pods;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -16,6 +16,10 @@ pub const EXCHANGE_DIGEST_ANNOTATION: &str = "fedid.dev/exchange-digest";
 /// Annotation holding when the exchanged credentials expire (RFC 3339).
 pub const CREDENTIALS_EXPIRE_AT_ANNOTATION: &str = "fedid.dev/credentials-expire-at";
 
+/// Annotation holding the digest of the `spec.output` templates and type the Secret was
+/// rendered with (absent for the default output).
+pub const OUTPUT_DIGEST_ANNOTATION: &str = "fedid.dev/output-digest";
+
 /// Label naming the FederatedIdentity a Secret belongs to.
 pub const IDENTITY_LABEL: &str = "fedid.dev/identity";
 

@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 use crate::{
     credentials::{
         secret::{
-            CREDENTIALS_EXPIRE_AT_ANNOTATION, EXCHANGE_DIGEST_ANNOTATION, Ownership, TOKEN_KEY,
-            UNSIGNED_TOKEN_ANNOTATION, ownership,
+            CREDENTIALS_EXPIRE_AT_ANNOTATION, EXCHANGE_DIGEST_ANNOTATION, OUTPUT_DIGEST_ANNOTATION,
+            Ownership, TOKEN_KEY, UNSIGNED_TOKEN_ANNOTATION, ownership,
         },
         token::decode_unverified,
     },
@@ -147,6 +147,8 @@ pub struct StoredToken {
     /// Whether the Secret holds the signed token (else only its unsigned form, in an
     /// annotation).
     pub signed: bool,
+    /// The digest of the output templates and type it was rendered with, if any.
+    pub output_digest: Option<String>,
 }
 
 /// What fedid recorded about the exchanged credentials in a Secret.
@@ -205,6 +207,12 @@ impl StoredToken {
             issued_at,
             expires_at,
             signed: signed.is_some(),
+            output_digest: secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|annotations| annotations.get(OUTPUT_DIGEST_ANNOTATION))
+                .cloned(),
         })
     }
 }
@@ -212,7 +220,8 @@ impl StoredToken {
 /// Whether the exchanged credentials beside a token that can stay can stay too: they must
 /// exist exactly when the identity has an exchange, come from the same exchange spec, and not
 /// be due (the stored `renew_at` already accounts for their expiry); and the Secret must hold
-/// the signed token exactly when `output.includeSubjectToken` asks for it.
+/// the signed token exactly when `output.includeSubjectToken` asks for it, rendered with the
+/// current `output.template` and `output.secretType`.
 fn exchange_decision(
     identity: &ValidatedIdentity,
     stored: &StoredToken,
@@ -220,7 +229,9 @@ fn exchange_decision(
     now: Timestamp,
 ) -> ReissueDecision {
     let reissue = |reason| ReissueDecision::Reissue { reason };
-    if stored.signed != identity.include_subject_token {
+    if stored.signed != identity.include_subject_token
+        || stored.output_digest != identity.output.digest()
+    {
         return reissue(ReissueReason::SpecChanged);
     }
     match (&identity.exchange, &stored.credentials) {
@@ -384,7 +395,7 @@ mod tests {
         fn secret(&self, issued_at: i64) -> Secret {
             let validated = self.validated();
             let minted = mint(&validated, &self.signer, at(issued_at), "jti").expect("mints");
-            render_secret(&validated, &without_exchange(minted))
+            render_secret(&validated, &without_exchange(minted)).expect("renders")
         }
 
         fn published(&self) -> Vec<String> {
@@ -636,7 +647,7 @@ mod tests {
             ReissueReason::NoToken,
             MARGIN,
         );
-        let secret = render_secret(&validated, &without_exchange(minted));
+        let secret = render_secret(&validated, &without_exchange(minted)).expect("renders");
         let Ok(Plan::Keep(kept)) = plan(
             &validated,
             Some(&secret),
@@ -718,7 +729,7 @@ mod tests {
                 spec_digest: exchange.spec_digest.clone(),
             }),
         };
-        render_secret(validated, &credentials)
+        render_secret(validated, &credentials).expect("renders")
     }
 
     #[test]
@@ -847,7 +858,7 @@ mod tests {
             token: minted.clone(),
             exchanged: Some(exchanged),
         };
-        let secret = render_secret(&validated, &credentials);
+        let secret = render_secret(&validated, &credentials).expect("renders");
         let data = secret.data.as_ref().expect("data");
         assert!(!data.contains_key(TOKEN_KEY), "the signed token stays out");
         let annotations = secret.metadata.annotations.as_ref().expect("annotations");

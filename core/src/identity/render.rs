@@ -11,20 +11,36 @@ use crate::{
     crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE},
     credentials::secret::{
         CREDENTIALS_EXPIRE_AT_ANNOTATION, EXCHANGE_DIGEST_ANNOTATION, EXPIRES_AT_KEY,
-        IDENTITY_LABEL, KEY_ID_ANNOTATION, TOKEN_KEY, UNSIGNED_TOKEN_ANNOTATION,
-        identity_label_value, unsigned_token,
+        IDENTITY_LABEL, KEY_ID_ANNOTATION, OUTPUT_DIGEST_ANNOTATION, TOKEN_KEY,
+        UNSIGNED_TOKEN_ANNOTATION, identity_label_value, unsigned_token,
     },
     exchange::Credentials,
+    identity::template::TemplateError,
     identity::validate::ValidatedIdentity,
     time::whole_seconds,
 };
 
-/// The render phase: the Secret of `identity` holding `credentials`: type `Opaque`, data keys
-/// [`TOKEN_KEY`] (or, without the subject token, the [`UNSIGNED_TOKEN_ANNOTATION`]) and
-/// [`EXPIRES_AT_KEY`] plus the exchange's files, fedid's labels, the signing
-/// key's ID (and for an exchange, the spec digest and the credentials' expiry) as annotations,
-/// and a controller owner reference to the identity so the Secret is garbage-collected with it.
-pub fn render_secret(identity: &ValidatedIdentity, credentials: &Credentials) -> Secret {
+/// The render phase: the Secret of `identity` holding `credentials`: of the type
+/// `output.secretType` asks for (`Opaque` by default), data keys [`TOKEN_KEY`] (or, without
+/// the subject token, the [`UNSIGNED_TOKEN_ANNOTATION`]) and [`EXPIRES_AT_KEY`] plus the
+/// exchange's files and the rendered `output.template` keys, fedid's labels, the signing key's
+/// ID (for an exchange, the spec digest and the credentials' expiry; for templates, their
+/// digest) as annotations, and a controller owner reference to the identity so the Secret is
+/// garbage-collected with it.
+pub fn render_secret(
+    identity: &ValidatedIdentity,
+    credentials: &Credentials,
+) -> Result<Secret, TemplateError> {
+    render_secret_with(identity, credentials, BTreeMap::new())
+}
+
+/// [`render_secret`] with `extra` data keys fedid writes besides its usual ones (for a pod, the
+/// token endpoint's CA), which templates see and may not overwrite.
+pub fn render_secret_with(
+    identity: &ValidatedIdentity,
+    credentials: &Credentials,
+    extra: BTreeMap<String, Vec<u8>>,
+) -> Result<Secret, TemplateError> {
     let token = &credentials.token;
     let labels = BTreeMap::from([
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
@@ -69,7 +85,30 @@ pub fn render_secret(identity: &ValidatedIdentity, credentials: &Credentials) ->
                 .map(|file| (file.key.to_owned(), ByteString(file.value.clone()))),
         );
     }
-    Secret {
+    data.extend(
+        extra
+            .into_iter()
+            .map(|(key, value)| (key, ByteString(value))),
+    );
+    if let Some(digest) = identity.output.digest() {
+        annotations.insert(OUTPUT_DIGEST_ANNOTATION.to_owned(), digest);
+        let fedid_keys: BTreeMap<String, Vec<u8>> = data
+            .iter()
+            .map(|(key, value)| (key.clone(), value.0.clone()))
+            .collect();
+        let rendered = identity.output.render(
+            credentials,
+            identity.exchange.as_ref().map(|exchange| exchange.kind),
+            identity.include_subject_token,
+            &fedid_keys,
+        )?;
+        data.extend(
+            rendered
+                .into_iter()
+                .map(|(key, value)| (key, ByteString(value))),
+        );
+    }
+    Ok(Secret {
         metadata: ObjectMeta {
             name: Some(identity.secret_name.clone()),
             namespace: Some(identity.namespace.clone()),
@@ -78,10 +117,10 @@ pub fn render_secret(identity: &ValidatedIdentity, credentials: &Credentials) ->
             owner_references: Some(vec![identity.owner.clone()]),
             ..ObjectMeta::default()
         },
-        type_: Some("Opaque".to_owned()),
+        type_: Some(identity.output.secret_type().as_str().to_owned()),
         data: Some(data),
         ..Secret::default()
-    }
+    })
 }
 
 /// Annotation keys of fedid's own (`fedid.dev/…`); others on its Secrets are left alone.
@@ -139,6 +178,7 @@ mod tests {
             secret::{Ownership, ownership},
             token::Minted,
         },
+        identity::template::OutputTemplates,
     };
 
     const UID: &str = "6f1d2c3b-0000-4000-8000-000000000001";
@@ -171,6 +211,7 @@ mod tests {
             claims,
             exchange: None,
             include_subject_token: true,
+            output: OutputTemplates::default(),
             renew_requested_at: None,
         }
     }
@@ -189,7 +230,8 @@ mod tests {
 
     #[test]
     fn renders_the_exact_secret() {
-        let secret = render_secret(&identity("deploy"), &credentials("a.b.c", "kid-1"));
+        let secret =
+            render_secret(&identity("deploy"), &credentials("a.b.c", "kid-1")).expect("renders");
         assert_eq!(
             serde_json::to_value(&secret).expect("serializes"),
             json!({
@@ -224,7 +266,7 @@ mod tests {
     #[test]
     fn the_rendered_secret_is_owned_by_its_identity_and_labelled() {
         let long = format!("{}.x", "a".repeat(100));
-        let secret = render_secret(&identity(&long), &credentials("t", "k"));
+        let secret = render_secret(&identity(&long), &credentials("t", "k")).expect("renders");
         assert_eq!(ownership(Some(&secret), UID), Ownership::Ours);
         assert_eq!(
             secret.metadata.labels.expect("labels")[IDENTITY_LABEL],
@@ -234,7 +276,8 @@ mod tests {
 
     #[test]
     fn leftovers_are_the_data_keys_and_fedid_annotations_no_longer_rendered() {
-        let plain = render_secret(&identity("deploy"), &credentials("a.b.c", "kid-1"));
+        let plain =
+            render_secret(&identity("deploy"), &credentials("a.b.c", "kid-1")).expect("renders");
         assert_eq!(leftover_entries(&plain, &plain), None);
         let mut with_exchange = plain.clone();
         if let Some(data) = with_exchange.data.as_mut() {

@@ -13,6 +13,7 @@ use crate::{
         identity::{default_secret_name, is_dns_subdomain},
     },
     exchange::{ExchangeError, ValidatedExchange},
+    identity::template::{OutputTemplates, TemplateError},
     issuer::config::IssuerConfig,
     label_selector::SelectorError,
     reason::{Failure, Reason, Retry},
@@ -157,6 +158,9 @@ pub enum ValidateError {
     /// `spec.exchange` is invalid or not allowed by the issuer.
     #[error(transparent)]
     Exchange(#[from] ExchangeError),
+    /// An `output.template` entry does not parse or render.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
 }
 
 impl Failure for ValidateError {
@@ -167,6 +171,7 @@ impl Failure for ValidateError {
             Self::InvalidNamespaceSelector { .. } => Reason::IssuerNotReady,
             Self::Spec(error) => error.reason(),
             Self::Exchange(error) => error.reason(),
+            Self::Template(error) => error.reason(),
         }
     }
 
@@ -200,6 +205,8 @@ pub struct ValidatedIdentity {
     pub exchange: Option<ValidatedExchange>,
     /// Whether the Secret holds the signed token (`output.includeSubjectToken`).
     pub include_subject_token: bool,
+    /// The Secret's type and extra keys (`output.secretType`, `output.template`).
+    pub output: OutputTemplates,
     /// The time of the identity's renew request (annotation `fedid.dev/renew-requested-at`):
     /// a token issued before it is replaced.
     pub renew_requested_at: Option<jiff::Timestamp>,
@@ -260,6 +267,14 @@ pub fn validate(
             )
         })
         .transpose()?;
+    let include_subject_token = identity.spec.includes_subject_token();
+    let output = OutputTemplates::parse(identity.spec.output.as_ref())?;
+    output.check(
+        spec.claims
+            .token_claims(jiff::Timestamp::UNIX_EPOCH, "template-check"),
+        exchange.as_ref().map(|exchange| exchange.kind),
+        include_subject_token,
+    )?;
     Ok(ValidatedIdentity {
         namespace,
         name,
@@ -267,7 +282,8 @@ pub fn validate(
         owner,
         issuer: issuer_name,
         secret_name: spec.secret_name,
-        include_subject_token: identity.spec.includes_subject_token(),
+        include_subject_token,
+        output,
         claims: spec.claims,
         exchange,
         renew_requested_at: identity.renew_requested_at(),

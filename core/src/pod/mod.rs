@@ -252,16 +252,18 @@ pub fn render_pod_secret(
     credentials: &crate::exchange::Credentials,
     pods: &PodsSpec,
     token_request_ca: Option<&str>,
-) -> k8s_openapi::api::core::v1::Secret {
-    let mut secret = crate::identity::render::render_secret(identity, credentials);
-    let may_request = !pods.allowed_audiences.is_empty();
-    if let (Some(ca), Some(data), true) = (token_request_ca, secret.data.as_mut(), may_request) {
-        data.insert(
-            mutate::TOKEN_REQUEST_CA_KEY.to_owned(),
-            k8s_openapi::ByteString(ca.as_bytes().to_vec()),
-        );
-    }
-    secret
+) -> Result<k8s_openapi::api::core::v1::Secret, crate::identity::template::TemplateError> {
+    let extra = token_request_ca
+        .filter(|_| !pods.allowed_audiences.is_empty())
+        .map(|ca| {
+            (
+                mutate::TOKEN_REQUEST_CA_KEY.to_owned(),
+                ca.as_bytes().to_vec(),
+            )
+        })
+        .into_iter()
+        .collect();
+    crate::identity::render::render_secret_with(identity, credentials, extra)
 }
 
 /// What the report phase of a pod pass decides.
@@ -545,7 +547,7 @@ mod tests {
         let credentials = crate::exchange::without_exchange(minted);
         let keys = |pods: serde_json::Value, ca: Option<&str>| {
             let pods: PodsSpec = serde_json::from_value(pods).expect("pods");
-            let secret = render_pod_secret(&validated, &credentials, &pods, ca);
+            let secret = render_pod_secret(&validated, &credentials, &pods, ca).expect("renders");
             secret
                 .data
                 .unwrap_or_default()

@@ -103,6 +103,13 @@ pub struct RunArgs {
     #[arg(long, env = "FEDID_EXCHANGE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub exchange_concurrency: u32,
 
+    /// Act on `spec.output.rollout`: restart the Deployments, StatefulSets and DaemonSets an
+    /// identity lists when its Secret's contents change. Needs `patch` on those kinds (the
+    /// chart's `rollout.enabled` grants it); without it such identities report
+    /// `RolloutDisabled`.
+    #[arg(long, env = "FEDID_ROLLOUT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub rollout: bool,
+
     /// Elect one leader among the replicas through a Lease; only the leader reconciles, every
     /// replica serves discovery and JWKS.
     #[arg(long, env = "FEDID_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -221,6 +228,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             exchange_qps: args.exchange_qps,
             exchange_burst: args.exchange_burst,
             exchange_concurrency: args.exchange_concurrency,
+            rollout: args.rollout,
         },
         Some(identity.clone()),
     ));

@@ -1,4 +1,5 @@
 //! The FederatedIdentity controller: the identity pipeline's I/O shell.
 
 pub mod reconcile;
+mod rollout;
 pub mod secrets;

@@ -27,10 +27,12 @@ use fedid_core::{
         mint::{MintError, mint, sign_client_assertion},
         plan::{Issued, Plan, PlanError, plan},
         render::{leftover_entries, render_secret},
+        rollout::{RolloutOutcome, credentials_digest, report_rollout},
         status::{
             ExchangeAttempt, Outcome, exchange_backoff_pending, next_exchange_attempt,
             report as decide_report, template_report, transition_event,
         },
+        template::TemplateError,
         validate::{ValidateError, ValidatedIdentity, validate},
     },
     reason::{Failure, Reason, Retry, message_chain},
@@ -48,7 +50,10 @@ use kube::{
 };
 use tracing::{debug, info, warn};
 
-use super::secrets::{ExchangeBackoffs, OwnSecrets};
+use super::{
+    rollout::roll_out,
+    secrets::{ExchangeBackoffs, OwnSecrets},
+};
 use crate::{
     exchange::{Exchanger, Priority},
     issuer::registry::{IssuerRegistry, LoadedIssuer, Unusable},
@@ -173,6 +178,9 @@ pub enum IdentityError {
     /// Exchange phase.
     #[error(transparent)]
     Exchange(#[from] ExchangeError),
+    /// Render phase: an output template failed on the real credentials.
+    #[error(transparent)]
+    Render(#[from] TemplateError),
     /// Apply phase.
     #[error(transparent)]
     Apply(#[from] ApplyError),
@@ -186,6 +194,7 @@ impl IdentityError {
             Self::Plan(error) => error,
             Self::Mint(error) => error,
             Self::Exchange(error) => error,
+            Self::Render(error) => error,
             Self::Apply(error) => error,
         }
     }
@@ -266,24 +275,33 @@ pub async fn reconcile(
     }
     shared.metrics.count_reconcile("identity");
     let mut attempt = None;
+    let mut rollout = None;
     let result = match run_pipeline(&identity, &ctx, now, &mut attempt).await {
         Ok(Passed::Template { issuer }) => {
             return report_template(&identity, &ctx, &issuer, now).await;
         }
-        Ok(Passed::Issued(issued)) => Ok(issued),
+        Ok(Passed::Issued { issued, digest }) => {
+            rollout = Some(roll_out(shared, &identity, &digest, now).await);
+            Ok(issued)
+        }
         Err(error) => Err(error),
     };
     let outcome: Outcome<'_> = match &result {
         Ok(issued) => Ok(issued),
         Err(error) => Err(error),
     };
-    report(&identity, &ctx, outcome, attempt.as_ref(), now).await
+    report(&identity, &ctx, outcome, attempt.as_ref(), rollout, now).await
 }
 
 /// What a successful pass of the pipeline produced.
 enum Passed {
-    /// The identity's token is in its Secret.
-    Issued(Issued),
+    /// The identity's token is in its Secret, whose contents have digest `digest`.
+    Issued {
+        /// What the Secret holds.
+        issued: Issued,
+        /// The digest of the Secret's contents (the rollout phase restarts on a new one).
+        digest: String,
+    },
     /// The identity is a valid pod template: its pods get their own tokens.
     Template {
         /// The issuer that signs them.
@@ -334,7 +352,15 @@ async fn run_pipeline(
         .current(&validated.namespace, &validated.secret_name);
     let (reason, secret_exists) =
         match plan(&validated, existing.as_deref(), &published, now, margin)? {
-            Plan::Keep(issued) => return Ok(Passed::Issued(issued)),
+            Plan::Keep(issued) => {
+                return Ok(Passed::Issued {
+                    issued,
+                    digest: existing
+                        .as_deref()
+                        .map(credentials_digest)
+                        .unwrap_or_default(),
+                });
+            }
             Plan::Issue {
                 reason,
                 secret_exists,
@@ -347,20 +373,19 @@ async fn run_pipeline(
         Priority::Refresh
     };
     let credentials = exchange(ctx, &fetched.issuer, &validated, minted, priority, attempt).await?;
-    let secret = render_secret(&validated, &credentials);
+    let secret = render_secret(&validated, &credentials)?;
     let written = apply(
         &ctx.shared,
         secret,
         existing.as_deref().filter(|_| secret_exists),
     )
     .await?;
+    let digest = credentials_digest(&written);
     ctx.secrets.recent_writes.remember(written);
-    Ok(Passed::Issued(Issued::written(
-        &validated,
-        &credentials,
-        reason,
-        margin,
-    )))
+    Ok(Passed::Issued {
+        issued: Issued::written(&validated, &credentials, reason, margin),
+        digest,
+    })
 }
 
 /// Deletes a Secret fedid controls (that very object: the delete is conditional on its UID).
@@ -730,19 +755,18 @@ async fn report(
     identity_ctx: &IdentityContext,
     outcome: Outcome<'_>,
     attempt: Option<&ExchangeAttempt>,
+    rollout: Option<RolloutOutcome>,
     now: Timestamp,
 ) -> Result<Action, ReportError> {
     let ctx = identity_ctx.shared.as_ref();
     let previous = identity.status.clone().unwrap_or_default();
     let uid = identity.uid().unwrap_or_default();
-    let (status, delay) = decide_report(
-        &uid,
-        identity.meta().generation,
-        &previous,
-        outcome,
-        attempt,
-        now,
-    );
+    let generation = identity.meta().generation;
+    let (mut status, mut delay) = decide_report(&uid, generation, &previous, outcome, attempt, now);
+    let rollout = rollout.map(|rollout| report_rollout(&mut status, rollout, generation, now));
+    if let Some(requeue) = rollout.as_ref().and_then(|report| report.requeue) {
+        delay = delay.min(requeue.max(Duration::from_secs(1)));
+    }
     if attempt.is_some() {
         identity_ctx
             .backoffs
@@ -752,6 +776,9 @@ async fn report(
         write_status(identity, ctx, &status).await?;
     }
     if let Some(event) = transition_event(&previous, &status, outcome) {
+        ctx.publish(&identity.object_ref(&()), event).await;
+    }
+    if let Some(event) = rollout.and_then(|report| report.event) {
         ctx.publish(&identity.object_ref(&()), event).await;
     }
     match outcome {

@@ -259,7 +259,8 @@ async fn run_pipeline(
         &credentials,
         &pods,
         ctx.token_request_ca.as_deref(),
-    );
+    )
+    .map_err(IdentityError::from)?;
     let written = apply(
         &identity_ctx.shared,
         secret,

@@ -41,6 +41,8 @@ pub struct Settings {
     pub exchange_burst: u32,
     /// Exchange requests in flight at once to each endpoint host.
     pub exchange_concurrency: u32,
+    /// Whether `spec.output.rollout` restarts workloads (`--rollout`).
+    pub rollout: bool,
 }
 
 /// The source of the current time; tests inject a fixed one.

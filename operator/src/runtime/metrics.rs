@@ -94,6 +94,17 @@ pub struct HostLabels {
     pub host: String,
 }
 
+/// Labels of the workload restart counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    /// The workload's namespace.
+    pub namespace: String,
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: String,
+    /// `restarted`, or `failed`.
+    pub outcome: String,
+}
+
 fn exchange_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
@@ -142,6 +153,8 @@ pub struct Metrics {
     pub webhook_duration: Histogram,
     /// Token requests answered at `POST /v1/token`, by outcome.
     pub token_requests: Family<OutcomeLabels, Counter>,
+    /// Workload restarts for `spec.output.rollout`, by namespace, kind and outcome.
+    pub rollout_restarts: Family<RolloutLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -246,7 +259,14 @@ impl Default for Metrics {
             "Requests to POST /v1/token, by outcome (issued, or the OAuth error code)",
             token_requests.clone(),
         );
+        let rollout_restarts = Family::<RolloutLabels, Counter>::default();
+        registry.register(
+            "rollout_restarts",
+            "Workloads restarted (or that failed to restart) for new credentials, by namespace, kind and outcome",
+            rollout_restarts.clone(),
+        );
         Self {
+            rollout_restarts,
             pod_tokens_issued,
             webhook_reviews,
             webhook_duration,
