@@ -183,10 +183,18 @@ impl fmt::Display for IssuerUrl {
     }
 }
 
+/// Longest DNS name (RFC 1035 §2.3.4, without the root's trailing dot).
+const MAX_HOST_LENGTH: usize = 253;
+
+/// Longest label of a DNS name (RFC 1035 §2.3.4).
+const MAX_LABEL_LENGTH: usize = 63;
+
 fn is_valid_host(host: &str) -> bool {
     !host.is_empty()
+        && host.len() <= MAX_HOST_LENGTH
         && host.split('.').all(|label| {
             !label.is_empty()
+                && label.len() <= MAX_LABEL_LENGTH
                 && !label.starts_with('-')
                 && !label.ends_with('-')
                 && label
@@ -196,7 +204,10 @@ fn is_valid_host(host: &str) -> bool {
 }
 
 fn is_valid_port(port: &str) -> bool {
-    !port.starts_with('0') && port.parse::<u16>().is_ok_and(|number| number > 0)
+    // Digits only: `u16::from_str` also takes a leading `+`.
+    !port.starts_with('0')
+        && port.bytes().all(|byte| byte.is_ascii_digit())
+        && port.parse::<u16>().is_ok_and(|number| number > 0)
 }
 
 fn is_valid_path_segment(segment: &str) -> bool {
@@ -297,6 +308,7 @@ mod tests {
             ("https://issuer.example.com:0", "IssuerURLInvalidPort"),
             ("https://issuer.example.com:080", "IssuerURLInvalidPort"),
             ("https://issuer.example.com:70000", "IssuerURLInvalidPort"),
+            ("https://issuer.example.com:+443", "IssuerURLInvalidPort"),
             ("https://issuer.example.com//x", "IssuerURLInvalidPath"),
             ("https://issuer.example.com/a/../b", "IssuerURLInvalidPath"),
             ("https://issuer.example.com/a b", "IssuerURLInvalidPath"),
@@ -306,6 +318,20 @@ mod tests {
             let error = IssuerUrl::parse(url).expect_err(url);
             assert_eq!(error.reason(), reason, "{url}: {error}");
             assert!(error.to_string().contains(url), "{error}");
+        }
+    }
+
+    #[test]
+    fn hosts_longer_than_dns_allows_are_invalid() {
+        let label = "a".repeat(63);
+        let at_limit = format!("https://{label}.{label}.{label}.{}", "b".repeat(61));
+        assert_eq!(issuer(&at_limit).as_str(), at_limit);
+        for url in [
+            format!("https://{}.example.com", "a".repeat(64)),
+            format!("https://{label}.{label}.{label}.{}", "b".repeat(62)),
+        ] {
+            let error = IssuerUrl::parse(&url).expect_err("too long");
+            assert_eq!(error.reason(), "IssuerURLInvalidHost", "{url}");
         }
     }
 
