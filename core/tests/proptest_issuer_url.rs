@@ -39,6 +39,22 @@ fn is_dns_name(host: &str) -> bool {
         })
 }
 
+/// Whether a URL parser reads `host` as an IPv4 address (its last label is a decimal or
+/// `0x` hexadecimal number), and so would rewrite it unless it is canonical.
+fn is_ipv4_like(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or_default();
+    (!last.is_empty() && last.chars().all(|c| c.is_ascii_digit()))
+        || last
+            .strip_prefix("0x")
+            .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Whether `host` is the canonical dotted-decimal form of an IPv4 address.
+fn is_canonical_ipv4(host: &str) -> bool {
+    host.parse::<std::net::Ipv4Addr>()
+        .is_ok_and(|address| address.to_string() == host)
+}
+
 /// Whether `port` is a decimal number from 1 to 65535 without a sign or leading zero.
 fn is_port(port: &str) -> bool {
     !port.is_empty()
@@ -63,6 +79,11 @@ fn url_like() -> impl Strategy<Value = String> {
             "é.example", "a\u{0}b", "a_b.example",
         ])
         .prop_map(str::to_owned),
+        1 => prop::collection::vec(
+            prop::sample::select(vec!["0", "1", "01", "127", "255", "256", "0x7f", "0x", "a1"]),
+            1..6,
+        )
+        .prop_map(|labels| labels.join(".")),
     ];
     let port = prop::option::of(prop::sample::select(vec![
         "",
@@ -117,7 +138,14 @@ fn assert_well_formed(url: &str, parsed: &IssuerUrl) {
         Some((host, port)) => (host, Some(port)),
         None => (authority, None),
     };
-    assert!(is_dns_name(host), "{url:?}: accepted host {host:?}");
+    if is_ipv4_like(host) {
+        assert!(
+            is_canonical_ipv4(host),
+            "{url:?}: accepted address {host:?}"
+        );
+    } else {
+        assert!(is_dns_name(host), "{url:?}: accepted host {host:?}");
+    }
     assert!(port.is_none_or(is_port), "{url:?}: accepted port {port:?}");
     if !path.is_empty() {
         for segment in path.split('/').skip(1) {
@@ -165,7 +193,10 @@ proptest! {
         port in prop::option::of(1u16..),
         segments in prop::collection::vec("[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,8}", 0..4),
     ) {
-        let mut url = format!("https://{}", labels.join("."));
+        let host = labels.join(".");
+        // A name whose last label is a number is an address (checked above).
+        prop_assume!(!is_ipv4_like(&host));
+        let mut url = format!("https://{host}");
         if let Some(port) = port {
             url.push_str(&format!(":{port}"));
         }
