@@ -532,9 +532,8 @@ fn transport_failures_and_huge_or_deep_replies_are_typed_errors() {
 }
 
 /// An STS value with a line break (a hostile or broken endpoint) must not add lines to the
-/// shared-credentials file: today the values are written into the INI text unchecked.
+/// shared-credentials file, which aws.rs writes the values into as they are.
 #[test]
-#[ignore = "bug in core/src/exchange/aws.rs (issue 12): STS values are written into the INI file unchecked"]
 fn aws_values_cannot_add_lines_to_the_credentials_file() {
     let hostile = "AKIA\n[default]\naws_session_token = forged";
     let reply = response(
