@@ -632,3 +632,21 @@ fn a_vault_namespace_that_is_no_header_value_is_an_invalid_setting() {
     let error = validate(&spec, "ci", "team", Some(&policy)).expect_err("unsendable header");
     assert_eq!(error.reason(), Reason::InvalidExchange);
 }
+
+proptest! {
+    /// The AWS session name is the only template an exchange renders from the spec: whatever
+    /// the template and names, it is 2 to 64 of the characters STS accepts.
+    #[test]
+    fn aws_session_names_are_always_acceptable_to_sts(
+        template in prop::option::of(prop_oneof![any::<String>(), "(\\{namespace\\}|\\{name\\}|[a-z:/ ]){0,12}"]),
+        namespace in any::<String>(),
+        name in any::<String>(),
+    ) {
+        let session = fedid_core::exchange::aws::session_name(
+            template.as_deref(),
+            fedid_core::exchange::Requester { namespace: &namespace, name: &name },
+        );
+        prop_assert!((2..=64).contains(&session.len()), "{:?}", session);
+        prop_assert!(session.chars().all(|c| c.is_ascii_alphanumeric() || "_=,.@-".contains(c)), "{:?}", session);
+    }
+}

@@ -253,3 +253,49 @@ fn deeply_nested_and_huge_parts_are_malformed_without_overflowing_the_stack() {
         Err("MalformedToken")
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// The key ring is read back from its Secret: anything stored there parses or is
+    /// `KeyRingCorrupt`, and a ring written reads back the same.
+    #[test]
+    fn key_rings_read_back_or_are_corrupt(
+        bytes in prop_oneof![
+            any::<Vec<u8>>(),
+            json_value().prop_map(|value| value.to_string().into_bytes()),
+            json_object().prop_map(|object| json!({"keys": [Value::Object(object)]}).to_string().into_bytes()),
+        ],
+        request in prop::option::of(any::<String>()),
+    ) {
+        use fedid_core::{issuer::keys::KeyRing, reason::Reason};
+        if let Err(error) = KeyRing::from_json(&bytes) {
+            prop_assert_eq!(error.reason(), Reason::KeyRingCorrupt);
+        }
+        let ring = KeyRing { keys: vec![ec_key().clone()], last_rotation_request: request };
+        let stored = ring.to_json().expect("serializes");
+        prop_assert_eq!(KeyRing::from_json(&stored).expect("reads back"), ring);
+    }
+
+    /// A stored key whose PEM is damaged fails with a key reason, never a panic.
+    #[test]
+    fn damaged_private_keys_are_typed_errors(pem in prop_oneof![
+        any::<String>(),
+        any::<prop::sample::Index>().prop_map(|index| {
+            let mut pem = ec_key().private_key_pem.clone().into_bytes();
+            let at = index.index(pem.len());
+            pem[at] = if pem[at] == b'A' { b'B' } else { b'A' };
+            String::from_utf8(pem).expect("ASCII")
+        }),
+    ]) {
+        use fedid_core::reason::Reason;
+        let mut record = ec_key().clone();
+        record.private_key_pem = pem;
+        if let Err(error) = Signer::new(&record) {
+            prop_assert_eq!(error.reason(), Reason::InvalidPrivateKey);
+        }
+        if let Err(error) = record.public_jwk() {
+            prop_assert!([Reason::InvalidPrivateKey, Reason::InvalidPublicKey].contains(&error.reason()));
+        }
+    }
+}
