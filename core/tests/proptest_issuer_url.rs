@@ -234,3 +234,54 @@ fn huge_urls_are_rejected_or_kept_whole() {
         check(&url);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Any lifetimes and rotation timing, written as duration strings as the apiserver stores
+    /// them, validate into the documented bounds or fail with one of the issuer reasons.
+    #[test]
+    fn issuer_timing_validates_into_its_bounds_or_fails_with_a_reason(
+        default in prop_oneof![3 => 0u32..100_000, 1 => any::<u32>()],
+        maximum in prop_oneof![3 => 0u32..100_000, 1 => any::<u32>()],
+        rotation in prop_oneof![3 => 0u32..4_000_000, 1 => any::<u32>()],
+        prepublish in prop_oneof![3 => 0u32..100_000, 1 => any::<u32>()],
+        margin in prop_oneof![3 => 0u32..10_000, 1 => any::<u32>()],
+    ) {
+        let seconds = [default, maximum, rotation, prepublish, margin];
+        use fedid_core::crd::Duration;
+        let text = |index: usize| Duration::from_secs(seconds[index]).to_string();
+        let spec: IdentityIssuerSpec = serde_json::from_value(serde_json::json!({
+            "issuerURL": "https://issuer.example.com",
+            "tokenLifetime": {"default": text(0), "maximum": text(1)},
+            "signing": {"rotationPeriod": text(2), "prepublishPeriod": text(3), "retirementMargin": text(4)},
+        }))
+        .expect("spec");
+        match validate_issuer_spec(&spec) {
+            Ok(config) => {
+                prop_assert!(config.default_lifetime >= fedid_core::crd::issuer::MIN_TOKEN_LIFETIME);
+                prop_assert!(config.maximum_lifetime <= fedid_core::crd::issuer::MAX_TOKEN_LIFETIME);
+                prop_assert!(config.default_lifetime <= config.maximum_lifetime);
+                prop_assert!(config.rotation.rotation_period > config.rotation.prepublish_period);
+                let retention = u64::from(seconds[1]) + u64::from(seconds[4]);
+                let keys = 2 + retention.div_ceil(u64::from(seconds[2]).max(1));
+                prop_assert!(keys <= fedid_core::issuer::config::MAX_PUBLISHED_KEYS);
+            }
+            Err(error) => {
+                prop_assert!(
+                    [
+                        Reason::DefaultLifetimeTooShort,
+                        Reason::MaximumLifetimeTooLong,
+                        Reason::DefaultLifetimeAboveMaximum,
+                        Reason::RotationWithinPrepublish,
+                        Reason::TooManyPublishedKeys,
+                    ]
+                    .contains(&error.reason()),
+                    "{}",
+                    error
+                );
+                prop_assert!(!error.to_string().is_empty());
+            }
+        }
+    }
+}
