@@ -32,6 +32,12 @@ impl Endpoint {
         {
             return Err("it must not contain whitespace");
         }
+        if rest.split('?').next().unwrap_or_default().contains('\\') {
+            return Err("it must not contain a backslash");
+        }
+        if has_dot_segment(&rest[host_end..]) {
+            return Err("it must not contain . or .. path segments");
+        }
         Ok(Self {
             url: url.to_owned(),
             host: host.to_ascii_lowercase(),
@@ -77,6 +83,18 @@ impl Endpoint {
     }
 }
 
+/// Whether the path of `path_and_query` has a `.` or `..` segment, plainly or
+/// percent-encoded (`%2e`). HTTP clients resolve them before sending, so
+/// `https://sts.example.com/v1/../admin` would leave an allowed `https://sts.example.com/v1/`
+/// once sent.
+fn has_dot_segment(path_and_query: &str) -> bool {
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    path.split('/').any(|segment| {
+        let segment = segment.to_ascii_lowercase().replace("%2e", ".");
+        segment == "." || segment == ".."
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,9 +110,26 @@ mod tests {
             ("https://user:pw@sts.example.com/", "user information"),
             ("https://sts.example.com/#x", "fragment"),
             ("https://sts.example.com/ x", "whitespace"),
+            ("https://sts.example.com/v1/../admin", ". or .."),
+            ("https://sts.example.com/v1/%2E%2e/admin", ". or .."),
+            ("https://sts.example.com/v1/.%2e", ". or .."),
+            ("https://sts.example.com/./v1", ". or .."),
+            ("https://sts.example.com/v1\\..\\admin", "backslash"),
+            ("https://sts.example.com\\evil/", "backslash"),
         ] {
             let error = Endpoint::parse(bad).expect_err(bad);
             assert!(error.contains(problem), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn dots_inside_segments_and_in_the_query_are_kept() {
+        for url in [
+            "https://sts.example.com/v1.2/a..b/.well-known",
+            "https://sts.example.com/v1/token?next=/../x&y=\\",
+            "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/ci@p.iam.gserviceaccount.com:generateAccessToken",
+        ] {
+            assert_eq!(Endpoint::parse(url).expect(url).url(), url);
         }
     }
 

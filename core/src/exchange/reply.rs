@@ -40,7 +40,10 @@ pub(crate) fn jwt_expiry_or(token: &str, fallback: Timestamp) -> Timestamp {
 }
 
 /// The text of the first `<tag>…</tag>` element (namespace-free tag names, as STS replies
-/// use), with the five predefined entities unescaped. `None` when absent or empty.
+/// use), with the five predefined entities unescaped and surrounding whitespace trimmed.
+/// `None` when absent, empty, or holding a control character such as a line break: every
+/// STS field read (keys, session token, time, error code) is one line of printable text, and
+/// the keys are written into an INI file, where a line break would add lines.
 pub(crate) fn xml_text(body: &str, tag: &str) -> Option<String> {
     let open = format!("<{tag}>");
     let close = format!("</{tag}>");
@@ -53,7 +56,7 @@ pub(crate) fn xml_text(body: &str, tag: &str) -> Option<String> {
         .replace("&apos;", "'")
         .replace("&amp;", "&");
     let text = text.trim();
-    (!text.is_empty()).then(|| text.to_owned())
+    (!text.is_empty() && !text.chars().any(char::is_control)).then(|| text.to_owned())
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value.
@@ -141,6 +144,13 @@ mod tests {
         assert_eq!(xml_text(body, "Empty"), None);
         assert_eq!(xml_text(body, "Missing"), None);
         assert_eq!(xml_text("<Code>unterminated", "Code"), None);
+        assert_eq!(
+            xml_text("<Code>\n two words \n</Code>", "Code").as_deref(),
+            Some("two words")
+        );
+        for multi_line in ["<K>AKIA\n[default]</K>", "<K>a\rb</K>", "<K>a\u{0}b</K>"] {
+            assert_eq!(xml_text(multi_line, "K"), None, "{multi_line:?}");
+        }
     }
 
     #[test]

@@ -63,8 +63,11 @@ pub enum IssuerUrlError {
         /// The rejected URL.
         url: String,
     },
-    /// The host is not a lowercase DNS name or IPv4 address.
-    #[error("issuer URL {url:?} has an invalid host; use a lowercase DNS name")]
+    /// The host is not a lowercase DNS name or a dotted-decimal IPv4 address.
+    #[error(
+        "issuer URL {url:?} has an invalid host; use a lowercase DNS name or a dotted-decimal \
+         IPv4 address"
+    )]
     InvalidHost {
         /// The rejected URL.
         url: String,
@@ -183,10 +186,24 @@ impl fmt::Display for IssuerUrl {
     }
 }
 
+/// Longest DNS name (RFC 1035 §2.3.4, without the root's trailing dot).
+const MAX_HOST_LENGTH: usize = 253;
+
+/// Longest label of a DNS name (RFC 1035 §2.3.4).
+const MAX_LABEL_LENGTH: usize = 63;
+
 fn is_valid_host(host: &str) -> bool {
+    // URL parsers (WHATWG) read a host whose last label is a number as an IPv4 address and
+    // rewrite it (`127.1`, `0x7f.0.0.1` and `010.0.0.1` become `127.0.0.1` and `8.0.0.1`),
+    // so only the canonical dotted-decimal form keeps the URL byte-for-byte.
+    if host.rsplit('.').next().is_some_and(ends_in_number) {
+        return is_canonical_ipv4(host);
+    }
     !host.is_empty()
+        && host.len() <= MAX_HOST_LENGTH
         && host.split('.').all(|label| {
             !label.is_empty()
+                && label.len() <= MAX_LABEL_LENGTH
                 && !label.starts_with('-')
                 && !label.ends_with('-')
                 && label
@@ -195,8 +212,33 @@ fn is_valid_host(host: &str) -> bool {
         })
 }
 
+/// Whether `label`, the last label of a host, makes URL parsers read the host as an IPv4
+/// address: decimal digits, or `0x` and hexadecimal digits.
+fn ends_in_number(label: &str) -> bool {
+    let hex = label
+        .strip_prefix("0x")
+        .is_some_and(|digits| digits.bytes().all(|byte| byte.is_ascii_hexdigit()));
+    hex || (!label.is_empty() && label.bytes().all(|byte| byte.is_ascii_digit()))
+}
+
+/// Whether `host` is four decimal numbers from 0 to 255 without leading zeros.
+fn is_canonical_ipv4(host: &str) -> bool {
+    let parts: Vec<&str> = host.split('.').collect();
+    parts.len() == 4
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && part.len() <= 3
+                && part.bytes().all(|byte| byte.is_ascii_digit())
+                && (part.len() == 1 || !part.starts_with('0'))
+                && part.parse::<u8>().is_ok()
+        })
+}
+
 fn is_valid_port(port: &str) -> bool {
-    !port.starts_with('0') && port.parse::<u16>().is_ok_and(|number| number > 0)
+    // Digits only: `u16::from_str` also takes a leading `+`.
+    !port.starts_with('0')
+        && port.bytes().all(|byte| byte.is_ascii_digit())
+        && port.parse::<u16>().is_ok_and(|number| number > 0)
 }
 
 fn is_valid_path_segment(segment: &str) -> bool {
@@ -297,6 +339,7 @@ mod tests {
             ("https://issuer.example.com:0", "IssuerURLInvalidPort"),
             ("https://issuer.example.com:080", "IssuerURLInvalidPort"),
             ("https://issuer.example.com:70000", "IssuerURLInvalidPort"),
+            ("https://issuer.example.com:+443", "IssuerURLInvalidPort"),
             ("https://issuer.example.com//x", "IssuerURLInvalidPath"),
             ("https://issuer.example.com/a/../b", "IssuerURLInvalidPath"),
             ("https://issuer.example.com/a b", "IssuerURLInvalidPath"),
@@ -307,6 +350,51 @@ mod tests {
             assert_eq!(error.reason(), reason, "{url}: {error}");
             assert!(error.to_string().contains(url), "{error}");
         }
+    }
+
+    #[test]
+    fn hosts_longer_than_dns_allows_are_invalid() {
+        let label = "a".repeat(63);
+        let at_limit = format!("https://{label}.{label}.{label}.{}", "b".repeat(61));
+        assert_eq!(issuer(&at_limit).as_str(), at_limit);
+        for url in [
+            format!("https://{}.example.com", "a".repeat(64)),
+            format!("https://{label}.{label}.{label}.{}", "b".repeat(62)),
+        ] {
+            let error = IssuerUrl::parse(&url).expect_err("too long");
+            assert_eq!(error.reason(), "IssuerURLInvalidHost", "{url}");
+        }
+    }
+
+    #[test]
+    fn numeric_hosts_must_be_canonical_ipv4_addresses() {
+        for url in [
+            "https://127.0.0.1",
+            "https://10.0.0.255:8443/x",
+            "https://0.0.0.0",
+        ] {
+            assert_eq!(issuer(url).as_str(), url);
+        }
+        // Each of these is rewritten by URL parsers (or refused), so the iss would not match.
+        for url in [
+            "https://127.1",
+            "https://1",
+            "https://010.0.0.1",
+            "https://0x7f.0.0.1",
+            "https://127.0.0.0x1",
+            "https://1.2.3.4.5",
+            "https://256.0.0.1",
+            "https://example.0x",
+            "https://example.123",
+        ] {
+            let error = IssuerUrl::parse(url).expect_err(url);
+            assert_eq!(error.reason(), "IssuerURLInvalidHost", "{url}");
+        }
+        // A number that is not the last label keeps the name a DNS name.
+        assert_eq!(
+            issuer("https://1.example.com").as_str(),
+            "https://1.example.com"
+        );
     }
 
     #[test]

@@ -138,10 +138,15 @@ pub fn parse_request(content_type: &str, body: &[u8]) -> Result<TokenRequest, To
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = percent_decode(value)
                 .ok_or_else(|| invalid(format!("{key} is not percent-encoded UTF-8")))?;
-            match key {
-                "audience" => audience = Some(value),
-                "lifetime" => lifetime = Some(value),
-                _ => {}
+            let slot = match key {
+                "audience" => &mut audience,
+                "lifetime" => &mut lifetime,
+                _ => continue,
+            };
+            // RFC 6749 §3.2: a parameter must not be repeated. Taking the first or the last
+            // would let a proxy and fedid read different audiences; JSON refuses it too.
+            if slot.replace(value).is_some() {
+                return Err(invalid(format!("{key} is given more than once")));
             }
         }
         TokenRequest {
@@ -249,6 +254,18 @@ mod tests {
             ("application/x-www-form-urlencoded", b"lifetime=1m"),
             ("application/json", br#"{"audience":""}"#),
             ("application/x-www-form-urlencoded", b"audience=%zz"),
+            (
+                "application/x-www-form-urlencoded",
+                b"audience=vault&audience=npm",
+            ),
+            (
+                "application/x-www-form-urlencoded",
+                b"audience=vault&lifetime=1h&lifetime=2h",
+            ),
+            (
+                "application/json",
+                br#"{"audience":"vault","audience":"npm"}"#,
+            ),
         ] {
             let error = parse_request(content_type, body).expect_err("invalid");
             assert_eq!(
