@@ -272,11 +272,16 @@ pub struct VaultExchange {
     #[schemars(length(min = 1, max = 256))]
     pub role: String,
 
-    /// Vault Enterprise / OpenBao namespace, sent as `X-Vault-Namespace`.
+    /// Vault Enterprise / OpenBao namespace, sent as `X-Vault-Namespace`: letters, digits
+    /// and `. _ - /`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = 256), regex(pattern = VAULT_NAMESPACE_PATTERN))]
     pub vault_namespace: Option<String>,
 }
+
+/// Regular expression for `vault.vaultNamespace`: what a namespace path may hold, and all of it
+/// sendable as a header value.
+pub const VAULT_NAMESPACE_PATTERN: &str = r"^[A-Za-z0-9._/-]+$";
 
 fn default_auth_mount() -> String {
     "jwt".to_owned()

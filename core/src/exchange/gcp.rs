@@ -117,6 +117,10 @@ pub(crate) fn parse(
     let federated =
         string_field(&object, "access_token").ok_or(Upstream::Malformed("no access_token"))?;
     if spec.service_account_email.is_some() {
+        // It becomes the next request's `Authorization` header: visible ASCII only.
+        if !federated.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(Upstream::Malformed("access_token is not a bearer token"));
+        }
         let (headers, body) = impersonation_request(spec, federated);
         return Ok(Parsed::Impersonate(headers, body));
     }

@@ -122,6 +122,9 @@ pub fn validate(
             ),
             _ => return Err(ExchangeError::NotExactlyOneKind),
         };
+    if let Some(vault) = &spec.vault {
+        vault::check_settings(vault)?;
+    }
     // Every URL a request may go to is checked against the admin's policy.
     let allowed_endpoint = |url: String| {
         let endpoint = Endpoint::parse(&url).map_err(|problem| ExchangeError::InvalidEndpoint {

@@ -4,7 +4,7 @@ use jiff::Timestamp;
 use serde_json::json;
 
 use super::{
-    OutputFile, RequestBody, Upstream,
+    ExchangeError, OutputFile, RequestBody, Upstream,
     reply::{after, json_reply, string_field},
 };
 use crate::{crd::exchange::VaultExchange, credentials::token::Minted};
@@ -13,6 +13,24 @@ use crate::{crd::exchange::VaultExchange, credentials::token::Minted};
 pub const VAULT_TOKEN_KEY: &str = "vault-token";
 
 /// The login URL of `spec`.
+/// Checks what the schema cannot be trusted to have checked (an object written with validation
+/// off): the namespace must be sendable as a header.
+pub(crate) fn check_settings(spec: &VaultExchange) -> Result<(), ExchangeError> {
+    let valid = |namespace: &str| {
+        !namespace.is_empty()
+            && namespace
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"._/-".contains(&byte))
+    };
+    match &spec.vault_namespace {
+        Some(namespace) if !valid(namespace) => Err(ExchangeError::InvalidSetting {
+            field: "vault.vaultNamespace",
+            problem: "only letters, digits and . _ - / are allowed".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn login_url(spec: &VaultExchange) -> String {
     format!(
         "{}/v1/auth/{}/login",
