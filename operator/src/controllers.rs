@@ -39,7 +39,7 @@ use crate::{
     pod::reconcile::{self as pod_reconcile, PodContext},
     runtime::{
         context::Context,
-        metrics::{ConditionLabels, IdentityLabels, IdentityObservation},
+        metrics::{ConditionLabels, ConditionSample, IdentityLabels, IdentityObservation},
     },
 };
 
@@ -437,6 +437,23 @@ pub fn observe(identities: &Store<FederatedIdentity>) -> Vec<IdentityObservation
                 credentials_expire_at: status
                     .and_then(|status| status.credentials_expire_at.as_ref())
                     .map(|time| time.0.as_second()),
+                renew_at: status
+                    .and_then(|status| status.renew_at.as_ref())
+                    .map(|time| time.0.as_second()),
+                failed_attempts: status.map_or(0, |status| status.failed_attempts),
+                conditions: status
+                    .map(|status| {
+                        status
+                            .conditions
+                            .iter()
+                            .map(|condition| ConditionSample {
+                                type_: condition.type_.clone(),
+                                status: condition.status.clone(),
+                                reason: condition.reason.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }
         })
         .collect()

@@ -22,8 +22,8 @@ use tracing::{info, warn};
 use fedid_core::issuer::discovery::{DISCOVERY_SUFFIX, JWKS_SUFFIX};
 
 use crate::{
-    issuer::registry::{IssuerRegistry, ServedDocument},
-    runtime::metrics::Metrics,
+    issuer::registry::{IssuerRegistry, LoadedIssuer, ServedDocument},
+    runtime::metrics::{IssuerObservation, Metrics},
 };
 
 /// How often the serving certificate is re-read from disk (cert-manager renews it in place).
@@ -157,14 +157,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let now = jiff::Timestamp::now();
-    let published = state
+    let issuers = state
         .registry
         .all()
         .into_iter()
-        .map(|issuer| (issuer.name(), issuer.published_kids(now).len()));
-    let body = state
-        .metrics
-        .render((state.observe_identities)(), published);
+        .map(|issuer| observe_issuer(&issuer, now));
+    let body = state.metrics.render((state.observe_identities)(), issuers);
     (
         [(
             header::CONTENT_TYPE,
@@ -173,6 +171,27 @@ async fn metrics(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// What the scrape-time issuer gauges say about `issuer` at `now`: its published keys, whether
+/// its documents are served (exactly when `issuer_document` answers 200), and its rotation.
+fn observe_issuer(issuer: &LoadedIssuer, now: jiff::Timestamp) -> IssuerObservation {
+    IssuerObservation {
+        issuer: issuer.name(),
+        published_keys: issuer.published_kids(now).len(),
+        jwks_served: issuer.documents(now).is_some(),
+        signing_key_activated_at: issuer
+            .config
+            .as_ref()
+            .ok()
+            .and_then(|_| issuer.ring().signing_key(now))
+            .map(|key| key.activates_at.as_second()),
+        rotation_period_seconds: issuer
+            .config
+            .as_ref()
+            .ok()
+            .map(|config| config.rotation.rotation_period.as_secs()),
+    }
 }
 
 async fn issuer_document(
@@ -409,6 +428,18 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"fedid_issuer_published_keys{issuer="empty"} 0"#));
+        assert!(
+            text.contains(r#"fedid_issuer_jwks_served{issuer="prod"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"fedid_issuer_jwks_served{issuer="empty"} 0"#),
+            "the keyless issuer answers 503, so its JWKS is not served"
+        );
+        assert!(
+            text.contains(r#"fedid_issuer_signing_key_activated_timestamp_seconds{issuer="prod"}"#)
+        );
+        assert!(text.contains(r#"fedid_issuer_rotation_period_seconds{issuer="prod"}"#));
         assert!(text.contains("# EOF"));
     }
 }
