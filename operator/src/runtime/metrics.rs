@@ -163,19 +163,6 @@ pub struct IssuerObservation {
     pub rotation_period_seconds: Option<i64>,
 }
 
-impl IssuerObservation {
-    /// An issuer publishing `published_keys` keys, with nothing else known (for tests).
-    pub fn with_keys(issuer: &str, published_keys: usize) -> Self {
-        Self {
-            issuer: issuer.to_owned(),
-            published_keys,
-            jwks_served: published_keys > 0,
-            signing_key_activated_at: None,
-            rotation_period_seconds: None,
-        }
-    }
-}
-
 /// Unix seconds as a gauge value; they fit exactly in an f64 for millions of years.
 #[allow(clippy::cast_precision_loss)]
 fn seconds(value: i64) -> f64 {
@@ -321,7 +308,7 @@ impl Default for Metrics {
         let jwks_served = Family::<IssuerLabels, Gauge>::default();
         registry.register(
             "issuer_jwks_served",
-            "1 when this replica serves the issuer's discovery document and JWKS, 0 when it answers 503",
+            "1 when this replica serves the issuer's discovery document and JWKS at its URL, else 0",
             jwks_served.clone(),
         );
         let signing_key_activated = Family::<IssuerLabels, Gauge<f64, AtomicU64>>::default();
@@ -501,6 +488,19 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl IssuerObservation {
+        /// An issuer publishing `published_keys` keys, with nothing else known.
+        fn with_keys(issuer: &str, published_keys: usize) -> Self {
+            Self {
+                issuer: issuer.to_owned(),
+                published_keys,
+                jwks_served: published_keys > 0,
+                signing_key_activated_at: None,
+                rotation_period_seconds: None,
+            }
+        }
+    }
 
     fn observation(
         name: &str,

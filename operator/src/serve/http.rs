@@ -161,7 +161,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .registry
         .all()
         .into_iter()
-        .map(|issuer| observe_issuer(&issuer, now));
+        .map(|issuer| observe_issuer(&state.registry, &issuer, now));
     let body = state.metrics.render((state.observe_identities)(), issuers);
     (
         [(
@@ -174,12 +174,22 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// What the scrape-time issuer gauges say about `issuer` at `now`: its published keys, whether
-/// its documents are served (exactly when `issuer_document` answers 200), and its rotation.
-fn observe_issuer(issuer: &LoadedIssuer, now: jiff::Timestamp) -> IssuerObservation {
+/// its documents are served (exactly when `issuer_document` answers 200 for its URL's path: it
+/// has documents, and no older issuer has the same path), and its rotation.
+fn observe_issuer(
+    registry: &IssuerRegistry,
+    issuer: &LoadedIssuer,
+    now: jiff::Timestamp,
+) -> IssuerObservation {
+    let served_here = issuer.config.as_ref().ok().is_some_and(|config| {
+        registry
+            .find_by_path(config.issuer_url.path())
+            .is_some_and(|winner| winner.name() == issuer.name())
+    });
     IssuerObservation {
         issuer: issuer.name(),
         published_keys: issuer.published_kids(now).len(),
-        jwks_served: issuer.documents(now).is_some(),
+        jwks_served: served_here && issuer.documents(now).is_some(),
         signing_key_activated_at: issuer
             .config
             .as_ref()
@@ -404,6 +414,42 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn an_issuer_whose_path_an_older_issuer_serves_is_not_served() {
+        let older = |name: &str, second: i64| {
+            let mut issuer = fixtures::issuer(
+                name,
+                json!({"issuerURL": format!("https://{name}.example.com/clusters/shared")}),
+            );
+            issuer.metadata.creation_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::from_second(second).unwrap(),
+                ));
+            issuer
+        };
+        let registry = fixtures::registry(vec![
+            (older("first", 1_800_000_000), Some(fixtures::ring())),
+            (older("second", 1_800_000_100), Some(fixtures::ring())),
+        ]);
+        let app = router(AppState {
+            registry,
+            metrics: Arc::new(Metrics::default()),
+            observe_identities: Arc::new(Vec::new),
+        });
+        let text = to_bytes(get(&app, "/metrics", &[]).await.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.contains(r#"fedid_issuer_jwks_served{issuer="first"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"fedid_issuer_jwks_served{issuer="second"} 0"#),
+            "the younger issuer's URL answers with the older one's JWKS: {text}"
+        );
     }
 
     #[tokio::test]
