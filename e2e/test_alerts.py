@@ -12,7 +12,8 @@
   exchanges there, not before; with the leader stopped FedidLeaderMissing fires, and with no replica
   left FedidDown.
 - Every PromQL expression of the rules and of the dashboard (`charts/fedid/dashboards/fedid.json`)
-  is accepted by that Prometheus, and returns series from the running fedid where it should.
+  is accepted by that Prometheus, and returns series from the running fedid where it should; the
+  dashboard parses, its panels do not overlap and all read the `datasource` variable.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -205,8 +207,6 @@ class Prometheus:
 
 
 def parse_time(text: str) -> float:
-    from datetime import datetime
-
     # Prometheus reports nanoseconds; Python parses microseconds.
     text = re.sub(r"(\.\d{6})\d*", r"\1", text).replace("Z", "+00:00")
     return datetime.fromisoformat(text).timestamp()
@@ -318,6 +318,29 @@ def identities(alerts: list[dict]) -> set[str]:
 def mine(alerts: list[dict]) -> list[dict]:
     """The firing alerts about this module's issuer, or about no object (the replicas)."""
     return [labels for labels in alerts if labels.get("issuer", ISSUER) == ISSUER and labels.get("namespace", TEAM) == TEAM]
+
+
+def test_the_dashboard_is_well_formed() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    (variable,) = dashboard["templating"]["list"]
+    assert (variable["name"], variable["type"], variable["query"]) == ("datasource", "datasource", "prometheus")
+    panels = dashboard["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels), "panel ids must be unique"
+    cells: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        box = panel["gridPos"]
+        assert box["x"] + box["w"] <= 24, panel["title"]
+        for x in range(box["x"], box["x"] + box["w"]):
+            for y in range(box["y"], box["y"] + box["h"]):
+                assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["description"], f"{panel['title']!r} has no description"
+        refs = [target["refId"] for target in panel["targets"]]
+        assert refs and len(set(refs)) == len(refs), panel["title"]
+        assert all(target["datasource"] == panel["datasource"] for target in panel["targets"]), panel["title"]
 
 
 def test_every_expression_of_the_rules_and_the_dashboard_runs_on_prometheus(
