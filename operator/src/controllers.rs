@@ -485,6 +485,54 @@ mod tests {
     }
 
     #[test]
+    fn a_scrape_observes_each_identitys_times_attempts_and_conditions() {
+        let (store, mut writer) = reflector::store::<FederatedIdentity>();
+        let mut failing = identity("failing", None);
+        failing.status = serde_json::from_value(json!({
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "Issued", "message": "",
+                 "lastTransitionTime": "2027-01-15T12:00:00Z"},
+                {"type": "CredentialsFresh", "status": "False", "reason": "ExchangeUnavailable",
+                 "message": "", "lastTransitionTime": "2027-01-15T12:20:00Z"},
+            ],
+            "expiresAt": "2027-01-15T13:00:00Z",
+            "renewAt": "2027-01-15T12:40:00Z",
+            "credentialsExpireAt": "2027-01-15T12:50:00Z",
+            "failedAttempts": 4,
+        }))
+        .expect("status");
+        writer.apply_watcher_event(&watcher::Event::Apply(failing));
+        writer.apply_watcher_event(&watcher::Event::Apply(identity("new", None)));
+        let mut observed = observe(&store);
+        observed.sort_by(|a, b| a.labels.name.cmp(&b.labels.name));
+        let [failing, new] = observed.as_slice() else {
+            panic!("two identities: {observed:?}");
+        };
+        let at = |text: &str| text.parse::<jiff::Timestamp>().expect("time").as_second();
+        assert_eq!(failing.renew_at, Some(at("2027-01-15T12:40:00Z")));
+        assert_eq!(failing.expires_at, Some(at("2027-01-15T13:00:00Z")));
+        assert_eq!(
+            failing.credentials_expire_at,
+            Some(at("2027-01-15T12:50:00Z"))
+        );
+        assert_eq!(failing.failed_attempts, 4);
+        assert_eq!(
+            failing.conditions[1],
+            ConditionSample {
+                type_: "CredentialsFresh".into(),
+                status: "False".into(),
+                reason: "ExchangeUnavailable".into(),
+            }
+        );
+        assert_eq!(failing.conditions.len(), 2);
+        assert_eq!(
+            (new.renew_at, new.failed_attempts, new.conditions.len()),
+            (None, 0, 0),
+            "an identity not reconciled yet has no renewal time and no conditions"
+        );
+    }
+
+    #[test]
     fn an_issuer_change_requeues_exactly_the_identities_it_concerns() {
         let (store, mut writer) = reflector::store::<FederatedIdentity>();
         for object in [
