@@ -70,6 +70,9 @@ EVERYTHING = issuer_values(
     "serviceMonitor.labels.release=prometheus",
     "serviceMonitor.scrapeTimeout=10s",
     "serviceMonitor.tlsConfig.insecureSkipVerify=true",
+    "prometheusRule.enabled=true",
+    "prometheusRule.additionalLabels.release=prometheus",
+    "grafanaDashboard.enabled=true",
     "topologySpreadConstraints[0].maxSkew=1",
     "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
     "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
@@ -127,6 +130,7 @@ SERVICE_MONITOR_CRD = {
                                                 "interval": {"type": "string", "pattern": "^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
                                                 "scrapeTimeout": {"type": "string", "pattern": "^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
                                                 "tlsConfig": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                                                "honorLabels": {"type": "boolean"},
                                             },
                                         },
                                     },
@@ -140,6 +144,61 @@ SERVICE_MONITOR_CRD = {
     },
 }
 
+
+# The same for a PrometheusRule: the upstream types of the fields the chart writes.
+PROMETHEUS_RULE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "prometheusrules.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "scope": "Namespaced",
+        "names": {"plural": "prometheusrules", "singular": "prometheusrule", "kind": "PrometheusRule"},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "properties": {
+                                    "groups": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["name"],
+                                            "properties": {
+                                                "name": {"type": "string", "minLength": 1},
+                                                "rules": {
+                                                    "type": "array",
+                                                    "items": {
+                                                        "type": "object",
+                                                        "required": ["expr"],
+                                                        "properties": {
+                                                            "alert": {"type": "string"},
+                                                            "expr": {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True},
+                                                            "for": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                                                            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                                            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                                                        },
+                                                    },
+                                                },
+                                            },
+                                        },
+                                    }
+                                },
+                            }
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
 
 def helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Runs the cluster's own helm; raises with its output when `check` and it fails."""
@@ -298,7 +357,7 @@ def test_optional_objects_follow_their_values(cluster: Cluster) -> None:
     budget = render(cluster, "fedid", "--set-json", 'exchange={"qps": 2.5, "burst": 7, "concurrency": 3}')
     assert "--exchange-qps=2.5" in budget and "--exchange-burst=7" in budget and "--exchange-concurrency=3" in budget
     assert sorted(kinds(render(cluster, "fedid", *EVERYTHING))) == sorted(
-        defaults + ["IdentityIssuer", "Ingress", "NetworkPolicy", "ServiceMonitor"]
+        defaults + ["IdentityIssuer", "Ingress", "NetworkPolicy", "ServiceMonitor", "PrometheusRule", "ConfigMap"]
     )
     # cert-manager's objects only with pods.certManager.enabled: with the chart's own CA, or one
     # Certificate from a given issuer.
@@ -307,6 +366,74 @@ def test_optional_objects_follow_their_values(cluster: Cluster) -> None:
     # Without the pod server neither its Service nor the webhook, whatever certManager says.
     no_pods = kinds(render(cluster, "fedid", *CERT_MANAGER, "--set", "pods.enabled=false"))
     assert sorted(no_pods + ["Service", "MutatingWebhookConfiguration"]) == sorted(defaults)
+
+
+# Every value of the alerts and the dashboard, each different from its default.
+MONITORING_VALUES = {
+    "prometheusRule.additionalLabels.release": "prometheus",
+    "prometheusRule.alerts.renewalOverdue.for": "2m",
+    "prometheusRule.alerts.renewalOverdue.severity": "page",
+    "prometheusRule.alerts.renewalOverdue.graceSeconds": "90",
+    "prometheusRule.alerts.refreshFailing.for": "7m",
+    "prometheusRule.alerts.refreshFailing.severity": "ticket",
+    "prometheusRule.alerts.refreshFailing.attempts": "5",
+    "prometheusRule.alerts.exchangeRejected.for": "3m",
+    "prometheusRule.alerts.exchangeRejected.severity": "info",
+    "prometheusRule.alerts.keyRotationOverdue.for": "30m",
+    "prometheusRule.alerts.keyRotationOverdue.severity": "page",
+    "prometheusRule.alerts.keyRotationOverdue.graceSeconds": "7200",
+    "prometheusRule.alerts.jwksNotServed.for": "2m",
+    "prometheusRule.alerts.jwksNotServed.severity": "page",
+    "prometheusRule.alerts.leaderMissing.for": "10m",
+    "prometheusRule.alerts.leaderMissing.severity": "warning",
+    "prometheusRule.alerts.down.for": "0s",
+    "prometheusRule.alerts.down.severity": "warning",
+    "grafanaDashboard.label": "example.com/dashboard",
+    "grafanaDashboard.labelValue": "fedid",
+    "grafanaDashboard.additionalLabels.team": "platform",
+    "grafanaDashboard.annotations.grafana_folder": "CI",
+}
+
+
+def test_alerts_and_dashboard_render_only_when_enabled_with_their_values(cluster: Cluster) -> None:
+    defaults = kinds(render(cluster, "fedid"))
+    assert "PrometheusRule" not in defaults and "ConfigMap" not in defaults
+    # Settings without `enabled` render nothing either.
+    settings = [arg for key, value in MONITORING_VALUES.items() for arg in ("--set", f"{key}={value}")]
+    assert sorted(kinds(render(cluster, "fedid", *settings))) == sorted(defaults)
+
+    enabled = objects(cluster, render(cluster, "fedid", "--set", "prometheusRule.enabled=true",
+                                      "--set", "grafanaDashboard.enabled=true"))
+    rule, dashboard = enabled["PrometheusRule/fedid"], enabled["ConfigMap/fedid-dashboard"]
+    assert rule["metadata"]["labels"]["app.kubernetes.io/instance"] == "fedid"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1" and "annotations" not in dashboard["metadata"]
+    assert json.loads(dashboard["data"]["fedid.json"]) == json.loads((CHART / "dashboards" / "fedid.json").read_text())
+    by_alert = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+    assert by_alert["FedidRenewalOverdue"]["for"] == "1m" and by_alert["FedidDown"]["labels"] == {"severity": "critical"}
+
+    # Every value lands where it says.
+    changed = objects(cluster, render(cluster, "fedid", "--set", "prometheusRule.enabled=true",
+                                      "--set", "grafanaDashboard.enabled=true", *settings))
+    rule, dashboard = changed["PrometheusRule/fedid"], changed["ConfigMap/fedid-dashboard"]
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    by_alert = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+    for key, alert in (("renewalOverdue", "FedidRenewalOverdue"), ("refreshFailing", "FedidRefreshFailing"),
+                       ("exchangeRejected", "FedidExchangeRejected"), ("keyRotationOverdue", "FedidKeyRotationOverdue"),
+                       ("jwksNotServed", "FedidJWKSNotServed"), ("leaderMissing", "FedidLeaderMissing"),
+                       ("down", "FedidDown")):
+        assert by_alert[alert]["for"] == MONITORING_VALUES[f"prometheusRule.alerts.{key}.for"], alert
+        assert by_alert[alert]["labels"] == {"severity": MONITORING_VALUES[f"prometheusRule.alerts.{key}.severity"]}, alert
+    assert by_alert["FedidRenewalOverdue"]["expr"].split()[-2:] == [">", "90"]
+    assert by_alert["FedidRefreshFailing"]["expr"].split()[-2:] == [">=", "5"]
+    assert by_alert["FedidKeyRotationOverdue"]["expr"].split()[-2:] == ["+", "7200"]
+    labels = dashboard["metadata"]["labels"]
+    assert labels["example.com/dashboard"] == "fedid" and labels["team"] == "platform" and "grafana_dashboard" not in labels
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "CI"}
+    # The Lease the leader alert names follows leaderElection.leaseName and the release namespace.
+    lease = objects(cluster, render(cluster, "fedid", "-n", "ops", "--set", "prometheusRule.enabled=true",
+                                    "--set", "leaderElection.leaseName=ci-leader"))
+    leader = {r["alert"]: r for r in lease["PrometheusRule/fedid"]["spec"]["groups"][0]["rules"]}["FedidLeaderMissing"]
+    assert "Lease ops/ci-leader" in leader["annotations"]["description"]
 
 
 # Values that must fail, each with the words that tell the user what is wrong: the schema names
@@ -345,6 +472,12 @@ BAD_VALUES = [
         ["pods.certManager.enabled=true", "pods.certManager.issuerRef.kind=ClusterIssuer"],
         "pods.certManager.issuerRef.name is required when pods.certManager.issuerRef is set",
     ),
+    (["prometheusRule.alerts.refreshFailing.attempts=0"], "at '/prometheusRule/alerts/refreshFailing/attempts': minimum: got 0, want 1"),
+    (["prometheusRule.alerts.leaderMissing.for=5min"], "at '/prometheusRule/alerts/leaderMissing/for': '5min' does not match pattern"),
+    (["prometheusRule.alerts.renewalOverdue.graceSeconds=-1"], "at '/prometheusRule/alerts/renewalOverdue/graceSeconds': minimum: got -1, want 0"),
+    (["prometheusRule.alerts.renewalOverdu.for=1m"], "at '/prometheusRule/alerts': additional properties 'renewalOverdu' not allowed"),
+    (["grafanaDashboard.labelValue=a b"], "at '/grafanaDashboard/labelValue'"),
+    (["grafanaDashboard.label=-bad"], "at '/grafanaDashboard/label'"),
     (
         ["issuer.create=true", f"issuer.url={ISSUER_URL}", "issuer.claims[0].name=sub", "issuer.claims[0].string=x"],
         'the claim name "sub" is reserved',
@@ -870,9 +1003,11 @@ def test_pod_server_runs_with_the_chart_rights(cluster: Cluster, crds: None) -> 
 
 
 def test_every_object_passes_server_side_dry_run(cluster: Cluster, crds: None, namespace: str) -> None:
-    if cluster.kubectl("get", "crd", "servicemonitors.monitoring.coreos.com", check=False).returncode != 0:
-        cluster.kubectl("create", "-f", "-", input=json.dumps(SERVICE_MONITOR_CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com", "--timeout=60s")
+    for crd in (SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD):
+        name = crd["metadata"]["name"]
+        if cluster.kubectl("get", "crd", name, check=False).returncode != 0:
+            cluster.kubectl("create", "-f", "-", input=json.dumps(crd))
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
     manifest = render(cluster, namespace, "--include-crds", *EVERYTHING)
 
     def dry_run() -> subprocess.CompletedProcess[str] | None:
@@ -897,6 +1032,8 @@ def test_every_object_passes_server_side_dry_run(cluster: Cluster, crds: None, n
         f"Ingress/{release}",
         f"NetworkPolicy/{release}",
         f"ServiceMonitor/{release}",
+        f"PrometheusRule/{release}",
+        f"ConfigMap/{release}-dashboard",
         f"IdentityIssuer/e2e-everything-{RUN}",
         f"Service/{release}-pods",
         f"MutatingWebhookConfiguration/{release}",
@@ -927,6 +1064,12 @@ def test_every_object_passes_server_side_dry_run(cluster: Cluster, crds: None, n
     assert hook["clientConfig"]["service"]["name"] == f"{release}-pods"
     policy = objects[f"NetworkPolicy/{release}"]["spec"]["ingress"]
     assert {"ports": [{"port": "pods", "protocol": "TCP"}]} in policy
+    # The monitoring objects as the server stores them: identities keep their namespace label, and
+    # every alert survived the PrometheusRule schema.
+    assert objects[f"ServiceMonitor/{release}"]["spec"]["endpoints"][0]["honorLabels"] is True
+    rules = objects[f"PrometheusRule/{release}"]["spec"]["groups"][0]["rules"]
+    assert len(rules) == 7 and all(rule["expr"] and rule["annotations"]["description"] for rule in rules)
+    assert json.loads(objects[f"ConfigMap/{release}-dashboard"]["data"]["fedid.json"])["uid"] == "fedid"
 
 
 # --- Pod Security ------------------------------------------------------------------------------

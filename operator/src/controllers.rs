@@ -39,7 +39,7 @@ use crate::{
     pod::reconcile::{self as pod_reconcile, PodContext},
     runtime::{
         context::Context,
-        metrics::{ConditionLabels, IdentityLabels, IdentityObservation},
+        metrics::{ConditionLabels, ConditionSample, IdentityLabels, IdentityObservation},
     },
 };
 
@@ -437,6 +437,23 @@ pub fn observe(identities: &Store<FederatedIdentity>) -> Vec<IdentityObservation
                 credentials_expire_at: status
                     .and_then(|status| status.credentials_expire_at.as_ref())
                     .map(|time| time.0.as_second()),
+                renew_at: status
+                    .and_then(|status| status.renew_at.as_ref())
+                    .map(|time| time.0.as_second()),
+                failed_attempts: status.map_or(0, |status| status.failed_attempts),
+                conditions: status
+                    .map(|status| {
+                        status
+                            .conditions
+                            .iter()
+                            .map(|condition| ConditionSample {
+                                type_: condition.type_.clone(),
+                                status: condition.status.clone(),
+                                reason: condition.reason.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }
         })
         .collect()
@@ -465,6 +482,54 @@ mod tests {
         let mut names: Vec<String> = refs.into_iter().map(|r| r.name).collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn a_scrape_observes_each_identitys_times_attempts_and_conditions() {
+        let (store, mut writer) = reflector::store::<FederatedIdentity>();
+        let mut failing = identity("failing", None);
+        failing.status = serde_json::from_value(json!({
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "Issued", "message": "",
+                 "lastTransitionTime": "2027-01-15T12:00:00Z"},
+                {"type": "CredentialsFresh", "status": "False", "reason": "ExchangeUnavailable",
+                 "message": "", "lastTransitionTime": "2027-01-15T12:20:00Z"},
+            ],
+            "expiresAt": "2027-01-15T13:00:00Z",
+            "renewAt": "2027-01-15T12:40:00Z",
+            "credentialsExpireAt": "2027-01-15T12:50:00Z",
+            "failedAttempts": 4,
+        }))
+        .expect("status");
+        writer.apply_watcher_event(&watcher::Event::Apply(failing));
+        writer.apply_watcher_event(&watcher::Event::Apply(identity("new", None)));
+        let mut observed = observe(&store);
+        observed.sort_by(|a, b| a.labels.name.cmp(&b.labels.name));
+        let [failing, new] = observed.as_slice() else {
+            panic!("two identities: {observed:?}");
+        };
+        let at = |text: &str| text.parse::<jiff::Timestamp>().expect("time").as_second();
+        assert_eq!(failing.renew_at, Some(at("2027-01-15T12:40:00Z")));
+        assert_eq!(failing.expires_at, Some(at("2027-01-15T13:00:00Z")));
+        assert_eq!(
+            failing.credentials_expire_at,
+            Some(at("2027-01-15T12:50:00Z"))
+        );
+        assert_eq!(failing.failed_attempts, 4);
+        assert_eq!(
+            failing.conditions[1],
+            ConditionSample {
+                type_: "CredentialsFresh".into(),
+                status: "False".into(),
+                reason: "ExchangeUnavailable".into(),
+            }
+        );
+        assert_eq!(failing.conditions.len(), 2);
+        assert_eq!(
+            (new.renew_at, new.failed_attempts, new.conditions.len()),
+            (None, 0, 0),
+            "an identity not reconciled yet has no renewal time and no conditions"
+        );
     }
 
     #[test]

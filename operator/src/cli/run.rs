@@ -188,6 +188,16 @@ pub struct RunArgs {
     pub token_request_burst: u32,
 }
 
+/// Keeps `fedid_leader` equal to whether this replica leads, until the election ends.
+async fn report_leadership(mut leading: watch::Receiver<bool>, metrics: Arc<Metrics>) {
+    loop {
+        metrics.set_leader(*leading.borrow_and_update());
+        if leading.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 fn parse_rate(input: &str) -> Result<f64, String> {
     match input.parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
@@ -277,7 +287,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         AppState {
             registry,
-            metrics,
+            metrics: metrics.clone(),
             observe_identities: Arc::new(move || observe(&observed)),
         },
         stopped(stop.clone()),
@@ -285,6 +295,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // Only the leader reconciles.
     let (leading_tx, leading) = watch::channel(!args.leader_election);
+    tokio::spawn(report_leadership(leading.clone(), metrics));
     let elector = Arc::new(Elector::new(
         client.clone(),
         &namespace,

@@ -1,9 +1,13 @@
 //! Prometheus metrics served at `/metrics`.
 //!
 //! Counters and histograms are updated by the reconcilers as they act. The
-//! gauges (identities by condition, token expiry, published keys per issuer) are
-//! recomputed at scrape time from the caches, so a deleted identity or issuer can
-//! never leave a stale series behind.
+//! gauges (identities by condition, per-identity expiry, renewal, conditions and failed
+//! attempts, per-issuer keys and rotation) are recomputed at scrape time from the caches, so
+//! a deleted identity or issuer can never leave a stale series behind. `fedid_leader` is set
+//! by the leader election as this replica gains or loses the Lease.
+//!
+//! The chart's alerts (`charts/fedid/templates/prometheusrule.yaml`) and dashboard
+//! (`charts/fedid/dashboards/fedid.json`) are written against these names.
 
 use std::sync::atomic::AtomicU64;
 
@@ -36,6 +40,32 @@ pub struct IdentityLabels {
     pub namespace: String,
     /// The identity's name.
     pub name: String,
+}
+
+/// Labels of one condition of one FederatedIdentity.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityConditionLabels {
+    /// The identity's namespace.
+    pub namespace: String,
+    /// The identity's name.
+    pub name: String,
+    /// The condition type: `Ready` or `CredentialsFresh`.
+    pub r#type: String,
+    /// Condition status: `True`, `False` or `Unknown`.
+    pub status: String,
+    /// The condition's reason, e.g. `Issued` or `ExchangeRejected`.
+    pub reason: String,
+}
+
+/// One condition of an identity, as observed at scrape time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConditionSample {
+    /// The condition type.
+    pub type_: String,
+    /// Its status.
+    pub status: String,
+    /// Its reason.
+    pub reason: String,
 }
 
 /// Labels naming one IdentityIssuer.
@@ -120,6 +150,34 @@ pub struct IdentityObservation {
     pub expires_at: Option<i64>,
     /// When the exchanged credentials expire, as Unix seconds.
     pub credentials_expire_at: Option<i64>,
+    /// When fedid renews the token (and exchanges it again), as Unix seconds. It stays at the
+    /// last planned time while renewals fail.
+    pub renew_at: Option<i64>,
+    /// Consecutive failed attempts since the last success.
+    pub failed_attempts: u32,
+    /// Every condition of the identity (`Ready`, `CredentialsFresh`).
+    pub conditions: Vec<ConditionSample>,
+}
+
+/// One snapshot of an issuer as this replica serves it, for the scrape-time gauges.
+#[derive(Clone, Debug)]
+pub struct IssuerObservation {
+    /// The issuer's name.
+    pub issuer: String,
+    /// Keys this replica publishes in the issuer's JWKS.
+    pub published_keys: usize,
+    /// Whether this replica serves the issuer's discovery document and JWKS.
+    pub jwks_served: bool,
+    /// When the key that signs now took over signing, as Unix seconds.
+    pub signing_key_activated_at: Option<i64>,
+    /// The issuer's `spec.signing.rotationPeriod` in seconds, when its spec is valid.
+    pub rotation_period_seconds: Option<i64>,
+}
+
+/// Unix seconds as a gauge value; they fit exactly in an f64 for millions of years.
+#[allow(clippy::cast_precision_loss)]
+fn seconds(value: i64) -> f64 {
+    value as f64
 }
 
 /// Every metric fedid exports.
@@ -145,6 +203,13 @@ pub struct Metrics {
     /// Exchange requests that waited for the per-host request budget.
     pub exchange_budget_waits: Family<HostLabels, Counter>,
     credentials_expiry: Family<IdentityLabels, Gauge<f64, AtomicU64>>,
+    renewal: Family<IdentityLabels, Gauge<f64, AtomicU64>>,
+    failed_attempts: Family<IdentityLabels, Gauge>,
+    identity_conditions: Family<IdentityConditionLabels, Gauge>,
+    jwks_served: Family<IssuerLabels, Gauge>,
+    signing_key_activated: Family<IssuerLabels, Gauge<f64, AtomicU64>>,
+    rotation_period: Family<IssuerLabels, Gauge>,
+    leader: Gauge,
     /// Per-pod tokens minted and written to the pod's Secret, by issuer.
     pub pod_tokens_issued: Family<IssuerLabels, Counter>,
     /// Admission reviews answered by the pod webhook, by outcome.
@@ -235,6 +300,48 @@ impl Default for Metrics {
             "When the exchanged credentials in each identity's Secret expire (Unix time)",
             credentials_expiry.clone(),
         );
+        let renewal = Family::<IdentityLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "token_renewal_timestamp_seconds",
+            "When fedid renews each identity's token and credentials (Unix time); it stays in the past while renewals fail",
+            renewal.clone(),
+        );
+        let failed_attempts = Family::<IdentityLabels, Gauge>::default();
+        registry.register(
+            "identity_failed_attempts",
+            "Consecutive failed attempts to issue or exchange each identity's token since its last success",
+            failed_attempts.clone(),
+        );
+        let identity_conditions = Family::<IdentityConditionLabels, Gauge>::default();
+        registry.register(
+            "identity_condition",
+            "Each condition of each identity (Ready, CredentialsFresh) with its status and reason; always 1",
+            identity_conditions.clone(),
+        );
+        let jwks_served = Family::<IssuerLabels, Gauge>::default();
+        registry.register(
+            "issuer_jwks_served",
+            "1 when this replica serves the issuer's discovery document and JWKS at its URL, else 0",
+            jwks_served.clone(),
+        );
+        let signing_key_activated = Family::<IssuerLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "issuer_signing_key_activated_timestamp_seconds",
+            "When each issuer's current signing key took over signing (Unix time)",
+            signing_key_activated.clone(),
+        );
+        let rotation_period = Family::<IssuerLabels, Gauge>::default();
+        registry.register(
+            "issuer_rotation_period_seconds",
+            "Each issuer's spec.signing.rotationPeriod: how long a key signs before the next takes over",
+            rotation_period.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease (or runs without leader election) and reconciles, else 0",
+            leader.clone(),
+        );
         let pod_tokens_issued = Family::<IssuerLabels, Counter>::default();
         registry.register(
             "pod_tokens_issued",
@@ -275,6 +382,13 @@ impl Default for Metrics {
             exchange_duration,
             exchange_budget_waits,
             credentials_expiry,
+            renewal,
+            failed_attempts,
+            identity_conditions,
+            jwks_served,
+            signing_key_activated,
+            rotation_period,
+            leader,
             registry,
             identities,
             token_expiry,
@@ -308,21 +422,46 @@ impl Metrics {
             .inc();
     }
 
-    /// Renders the OpenMetrics text, first replacing the gauges with `identities` and with
-    /// `published_keys`, the number of keys each issuer publishes.
+    /// Records whether this replica leads (and so reconciles).
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Renders the OpenMetrics text, first replacing the scrape-time gauges with `identities`
+    /// and `issuers`.
     pub fn render(
         &self,
         identities: impl IntoIterator<Item = IdentityObservation>,
-        published_keys: impl IntoIterator<Item = (String, usize)>,
+        issuers: impl IntoIterator<Item = IssuerObservation>,
     ) -> String {
         self.identities.clear();
         self.token_expiry.clear();
         self.credentials_expiry.clear();
+        self.renewal.clear();
+        self.failed_attempts.clear();
+        self.identity_conditions.clear();
         self.published_keys.clear();
-        for (issuer, keys) in published_keys {
+        self.jwks_served.clear();
+        self.signing_key_activated.clear();
+        self.rotation_period.clear();
+        for observation in issuers {
+            let labels = IssuerLabels {
+                issuer: observation.issuer,
+            };
             self.published_keys
-                .get_or_create(&IssuerLabels { issuer })
-                .set(i64::try_from(keys).unwrap_or(i64::MAX));
+                .get_or_create(&labels)
+                .set(i64::try_from(observation.published_keys).unwrap_or(i64::MAX));
+            self.jwks_served
+                .get_or_create(&labels)
+                .set(i64::from(observation.jwks_served));
+            if let Some(activated_at) = observation.signing_key_activated_at {
+                self.signing_key_activated
+                    .get_or_create(&labels)
+                    .set(seconds(activated_at));
+            }
+            if let Some(period) = observation.rotation_period_seconds {
+                self.rotation_period.get_or_create(&labels).set(period);
+            }
         }
         for observation in identities {
             let ready = observation.ready.unwrap_or_else(|| ConditionLabels {
@@ -330,18 +469,33 @@ impl Metrics {
                 reason: Reason::Pending.as_str().to_owned(),
             });
             self.identities.get_or_create(&ready).inc();
+            let labels = observation.labels;
             if let Some(expires_at) = observation.expires_at {
-                // Unix seconds fit exactly in an f64 for the next few million years.
-                #[allow(clippy::cast_precision_loss)]
                 self.token_expiry
-                    .get_or_create(&observation.labels)
-                    .set(expires_at as f64);
+                    .get_or_create(&labels)
+                    .set(seconds(expires_at));
             }
             if let Some(expires_at) = observation.credentials_expire_at {
-                #[allow(clippy::cast_precision_loss)]
                 self.credentials_expiry
-                    .get_or_create(&observation.labels)
-                    .set(expires_at as f64);
+                    .get_or_create(&labels)
+                    .set(seconds(expires_at));
+            }
+            if let Some(renew_at) = observation.renew_at {
+                self.renewal.get_or_create(&labels).set(seconds(renew_at));
+            }
+            self.failed_attempts
+                .get_or_create(&labels)
+                .set(i64::from(observation.failed_attempts));
+            for condition in observation.conditions {
+                self.identity_conditions
+                    .get_or_create(&IdentityConditionLabels {
+                        namespace: labels.namespace.clone(),
+                        name: labels.name.clone(),
+                        r#type: condition.type_,
+                        status: condition.status,
+                        reason: condition.reason,
+                    })
+                    .set(1);
             }
         }
         let mut out = String::new();
@@ -354,6 +508,19 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl IssuerObservation {
+        /// An issuer publishing `published_keys` keys, with nothing else known.
+        fn with_keys(issuer: &str, published_keys: usize) -> Self {
+            Self {
+                issuer: issuer.to_owned(),
+                published_keys,
+                jwks_served: published_keys > 0,
+                signing_key_activated_at: None,
+                rotation_period_seconds: None,
+            }
+        }
+    }
 
     fn observation(
         name: &str,
@@ -372,6 +539,13 @@ mod tests {
             }),
             expires_at,
             credentials_expire_at: expires_at.map(|at| at - 60),
+            renew_at: expires_at.map(|at| at - 1_200),
+            failed_attempts: 0,
+            conditions: vec![ConditionSample {
+                type_: "Ready".into(),
+                status: status.into(),
+                reason: reason.into(),
+            }],
         }
     }
 
@@ -384,7 +558,10 @@ mod tests {
                 observation("b", "True", "Issued", Some(1_800_000_100)),
                 observation("c", "False", "SecretConflict", None),
             ],
-            vec![("ci".to_owned(), 2), ("old".to_owned(), 1)],
+            vec![
+                IssuerObservation::with_keys("ci", 2),
+                IssuerObservation::with_keys("old", 1),
+            ],
         );
         assert!(
             text.contains(r#"fedid_issuer_published_keys{issuer="ci"} 2"#),
@@ -404,7 +581,7 @@ mod tests {
 
         let text = metrics.render(
             vec![observation("a", "True", "Issued", Some(1_800_000_000))],
-            vec![("ci".to_owned(), 2)],
+            vec![IssuerObservation::with_keys("ci", 2)],
         );
         assert!(
             !text.contains(r#"issuer="old""#),
@@ -416,7 +593,100 @@ mod tests {
             "a deleted identity must leave no series"
         );
         assert!(!text.contains(r#"name="b""#));
+        assert!(
+            !text.contains(r#"name="c""#),
+            "no per-identity gauge may outlive its identity"
+        );
         assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn scrape_reports_renewal_failures_and_conditions_per_identity() {
+        let metrics = Metrics::default();
+        let mut failing = observation("x", "True", "Issued", Some(1_800_000_000));
+        failing.failed_attempts = 3;
+        failing.conditions.push(ConditionSample {
+            type_: "CredentialsFresh".into(),
+            status: "False".into(),
+            reason: "ExchangeUnavailable".into(),
+        });
+        let text = metrics.render(vec![failing], Vec::new());
+        assert!(
+            text.contains(
+                r#"fedid_token_renewal_timestamp_seconds{namespace="ci",name="x"} 1799998800.0"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"fedid_identity_failed_attempts{namespace="ci",name="x"} 3"#));
+        assert!(text.contains(
+            r#"fedid_identity_condition{namespace="ci",name="x",type="Ready",status="True",reason="Issued"} 1"#
+        ));
+        assert!(text.contains(
+            r#"fedid_identity_condition{namespace="ci",name="x",type="CredentialsFresh",status="False",reason="ExchangeUnavailable"} 1"#
+        ));
+
+        let recovered = observation("x", "True", "Issued", Some(1_800_000_000));
+        let text = metrics.render(vec![recovered], Vec::new());
+        assert!(text.contains(r#"fedid_identity_failed_attempts{namespace="ci",name="x"} 0"#));
+        assert!(
+            !text.contains("ExchangeUnavailable"),
+            "a condition's old reason must leave no series: {text}"
+        );
+    }
+
+    #[test]
+    fn scrape_reports_each_issuers_rotation_and_whether_its_jwks_is_served() {
+        let metrics = Metrics::default();
+        let text = metrics.render(
+            Vec::new(),
+            vec![
+                IssuerObservation {
+                    signing_key_activated_at: Some(1_800_000_000),
+                    rotation_period_seconds: Some(2_592_000),
+                    ..IssuerObservation::with_keys("ci", 2)
+                },
+                IssuerObservation::with_keys("broken", 0),
+            ],
+        );
+        for line in [
+            r#"fedid_issuer_jwks_served{issuer="ci"} 1"#,
+            r#"fedid_issuer_jwks_served{issuer="broken"} 0"#,
+            r#"fedid_issuer_signing_key_activated_timestamp_seconds{issuer="ci"} 1800000000.0"#,
+            r#"fedid_issuer_rotation_period_seconds{issuer="ci"} 2592000"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert!(
+            !text.contains(r#"fedid_issuer_rotation_period_seconds{issuer="broken"}"#),
+            "an issuer without a valid spec has no rotation period"
+        );
+        let text = metrics.render(Vec::new(), Vec::new());
+        assert!(
+            !text.contains(r#"issuer="ci""#),
+            "a deleted issuer leaves no series"
+        );
+    }
+
+    #[test]
+    fn the_leader_gauge_follows_the_lease() {
+        let metrics = Metrics::default();
+        assert!(
+            metrics
+                .render(Vec::new(), Vec::new())
+                .contains("\nfedid_leader 0\n")
+        );
+        metrics.set_leader(true);
+        assert!(
+            metrics
+                .render(Vec::new(), Vec::new())
+                .contains("\nfedid_leader 1\n")
+        );
+        metrics.set_leader(false);
+        assert!(
+            metrics
+                .render(Vec::new(), Vec::new())
+                .contains("\nfedid_leader 0\n")
+        );
     }
 
     #[test]
@@ -430,6 +700,35 @@ mod tests {
                 r#"fedid_reconcile_failures_total{controller="identity",reason="ApiError"} 2"#
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_readme_documents_every_metric_and_no_other() {
+        // Every name this file registers (families without series are not rendered, so the
+        // source is the list), against the README's metrics table (counters end in `_total`).
+        let source = include_str!("metrics.rs");
+        let registered: std::collections::BTreeSet<String> = source
+            .split("registry.register(\n")
+            .skip(1)
+            .filter_map(|call| call.split('"').nth(1))
+            .map(|name| format!("fedid_{name}"))
+            .collect();
+        let readme = include_str!("../../../README.md");
+        let documented: std::collections::BTreeSet<String> = readme
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `fedid_"))
+            .filter_map(|rest| rest.split_once('`'))
+            .map(|(name, _)| format!("fedid_{name}"))
+            .map(|name| match name.strip_suffix("_total") {
+                Some(counter) if registered.contains(counter) => counter.to_owned(),
+                _ => name,
+            })
+            .collect();
+        assert!(registered.len() > 20, "{registered:?}");
+        assert_eq!(
+            registered, documented,
+            "the README's metrics table must list exactly the registered metrics"
         );
     }
 }

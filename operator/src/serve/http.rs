@@ -22,8 +22,8 @@ use tracing::{info, warn};
 use fedid_core::issuer::discovery::{DISCOVERY_SUFFIX, JWKS_SUFFIX};
 
 use crate::{
-    issuer::registry::{IssuerRegistry, ServedDocument},
-    runtime::metrics::Metrics,
+    issuer::registry::{IssuerRegistry, LoadedIssuer, ServedDocument},
+    runtime::metrics::{IssuerObservation, Metrics},
 };
 
 /// How often the serving certificate is re-read from disk (cert-manager renews it in place).
@@ -157,14 +157,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let now = jiff::Timestamp::now();
-    let published = state
+    let issuers = state
         .registry
         .all()
         .into_iter()
-        .map(|issuer| (issuer.name(), issuer.published_kids(now).len()));
-    let body = state
-        .metrics
-        .render((state.observe_identities)(), published);
+        .map(|issuer| observe_issuer(&state.registry, &issuer, now));
+    let body = state.metrics.render((state.observe_identities)(), issuers);
     (
         [(
             header::CONTENT_TYPE,
@@ -173,6 +171,37 @@ async fn metrics(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// What the scrape-time issuer gauges say about `issuer` at `now`: its published keys, whether
+/// its documents are served (exactly when `issuer_document` answers 200 for its URL's path: it
+/// has documents, and no older issuer has the same path), and its rotation.
+fn observe_issuer(
+    registry: &IssuerRegistry,
+    issuer: &LoadedIssuer,
+    now: jiff::Timestamp,
+) -> IssuerObservation {
+    let served_here = issuer.config.as_ref().ok().is_some_and(|config| {
+        registry
+            .find_by_path(config.issuer_url.path())
+            .is_some_and(|winner| winner.name() == issuer.name())
+    });
+    IssuerObservation {
+        issuer: issuer.name(),
+        published_keys: issuer.published_kids(now).len(),
+        jwks_served: served_here && issuer.documents(now).is_some(),
+        signing_key_activated_at: issuer
+            .config
+            .as_ref()
+            .ok()
+            .and_then(|_| issuer.ring().signing_key(now))
+            .map(|key| key.activates_at.as_second()),
+        rotation_period_seconds: issuer
+            .config
+            .as_ref()
+            .ok()
+            .map(|config| config.rotation.rotation_period.as_secs()),
+    }
 }
 
 async fn issuer_document(
@@ -388,6 +417,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_issuer_whose_path_an_older_issuer_serves_is_not_served() {
+        let older = |name: &str, second: i64| {
+            let mut issuer = fixtures::issuer(
+                name,
+                json!({"issuerURL": format!("https://{name}.example.com/clusters/shared")}),
+            );
+            issuer.metadata.creation_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::from_second(second).unwrap(),
+                ));
+            issuer
+        };
+        let registry = fixtures::registry(vec![
+            (older("first", 1_800_000_000), Some(fixtures::ring())),
+            (older("second", 1_800_000_100), Some(fixtures::ring())),
+        ]);
+        let app = router(AppState {
+            registry,
+            metrics: Arc::new(Metrics::default()),
+            observe_identities: Arc::new(Vec::new),
+        });
+        let text = to_bytes(get(&app, "/metrics", &[]).await.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.contains(r#"fedid_issuer_jwks_served{issuer="first"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"fedid_issuer_jwks_served{issuer="second"} 0"#),
+            "the younger issuer's URL answers with the older one's JWKS: {text}"
+        );
+    }
+
+    #[tokio::test]
     async fn ready_only_once_issuers_are_loaded() {
         let (loading, _) = app(false);
         assert_eq!(
@@ -409,6 +474,18 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"fedid_issuer_published_keys{issuer="empty"} 0"#));
+        assert!(
+            text.contains(r#"fedid_issuer_jwks_served{issuer="prod"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"fedid_issuer_jwks_served{issuer="empty"} 0"#),
+            "the keyless issuer answers 503, so its JWKS is not served"
+        );
+        assert!(
+            text.contains(r#"fedid_issuer_signing_key_activated_timestamp_seconds{issuer="prod"}"#)
+        );
+        assert!(text.contains(r#"fedid_issuer_rotation_period_seconds{issuer="prod"}"#));
         assert!(text.contains("# EOF"));
     }
 }
