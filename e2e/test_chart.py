@@ -508,19 +508,18 @@ def pod_render(cluster: Cluster, *args: str) -> dict[str, dict]:
     return objects(cluster, render(cluster, POD_RELEASE, *args))
 
 
-# The ClusterRole without the pod server; pods.enabled adds POD_RULES and widens two rules.
+# The ClusterRole without the pod server; pods.enabled adds POD_RULES and widens the namespaces rule.
 BASE_RULES = {
     ("fedid.dev", "identityissuers"): ["get", "list", "watch"],
     ("fedid.dev", "federatedidentities"): ["get", "list", "watch"],
     ("fedid.dev", "identityissuers/status"): ["patch"],
     ("fedid.dev", "federatedidentities/status"): ["patch"],
-    ("", "secrets"): ["list", "watch", "create", "patch"],
+    ("", "secrets"): ["list", "watch", "create", "patch", "delete"],
     ("", "configmaps"): ["list", "watch"],
     ("", "namespaces"): ["list", "watch"],
     ("events.k8s.io", "events"): ["create", "patch"],
 }
 POD_RULES = {
-    ("", "secrets"): ["list", "watch", "create", "patch", "delete"],
     ("", "namespaces"): ["list", "watch", "get"],
     ("", "pods"): ["get", "list", "watch"],
     ("authentication.k8s.io", "tokenreviews"): ["create"],
@@ -586,7 +585,7 @@ def test_without_pods_no_pod_server_webhook_or_pod_rights(cluster: Cluster) -> N
     assert not [arg for arg in container["args"] if arg.startswith(POD_ARGS)], container["args"]
     assert [port["name"] for port in container["ports"]] == ["http"]
     assert "volumes" not in rendered[f"Deployment/{POD_RELEASE}"]["spec"]["template"]["spec"]
-    # No pods, TokenReviews or webhook configurations; no delete on Secrets, no get on namespaces.
+    # No pods, TokenReviews or webhook configurations; no get on namespaces.
     assert cluster_rules(rendered, POD_RELEASE) == BASE_RULES
     ingress = rendered[f"NetworkPolicy/{POD_RELEASE}"]["spec"]["ingress"]
     assert [rule["ports"][0]["port"] for rule in ingress] == ["http"]
@@ -808,8 +807,9 @@ RIGHTS = [
     ("patch", "secrets", "other", True),
     ("get", "secrets", "other", False),
     ("update", "secrets", "other", False),
-    # A finished pod's Secret is deleted at once (pods.enabled); RBAC cannot restrict delete to
-    # fedid's Secrets, so it covers every Secret, key rings included. One at a time only.
+    # A revoked identity's Secret and a finished pod's Secret are deleted at once; RBAC cannot
+    # restrict delete to fedid's Secrets, so it covers every Secret, key rings included. One at a
+    # time only.
     ("delete", "secrets", "other", True),
     ("delete", "secrets", "own", True),
     ("deletecollection", "secrets", "other", False),

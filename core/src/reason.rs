@@ -93,7 +93,7 @@ reasons! {
     Pending,
 
     // Finding the issuer.
-    /// FederatedIdentity: `spec.issuerRef` names an IdentityIssuer that does not exist.
+    /// FederatedIdentity: `spec.issuerRef` names an IdentityIssuer that does not exist (a token Secret from before is deleted).
     IssuerNotFound,
     /// FederatedIdentity: no `spec.issuerRef` and no IdentityIssuer is marked as the default.
     NoDefaultIssuer,
@@ -101,7 +101,7 @@ reasons! {
     AmbiguousDefaultIssuer,
     /// FederatedIdentity: the issuer exists but cannot sign (invalid spec, unreadable key ring, no key yet).
     IssuerNotReady,
-    /// FederatedIdentity: the issuer's `allowedNamespaces` does not allow the identity's namespace.
+    /// FederatedIdentity: the issuer's `allowedNamespaces` does not allow the identity's namespace (its token Secret is deleted).
     NamespaceNotAllowed,
 
     // Invalid claims and audiences (either resource).
@@ -251,6 +251,10 @@ reasons! {
     RolloutFailed,
     /// FederatedIdentity, `RolledOut` condition: the operator runs without `--rollout`, so `output.rollout` is not acted on.
     RolloutDisabled,
+
+    // Tampering.
+    /// FederatedIdentity Event: the Secret's data was changed outside fedid, which wrote a new token into it.
+    SecretRestored,
 }
 
 impl fmt::Display for Reason {
@@ -408,7 +412,8 @@ mod tests {
                 "UpToDate",
                 "RolloutPending",
                 "RolloutFailed",
-                "RolloutDisabled"
+                "RolloutDisabled",
+                "SecretRestored"
             ]
         );
     }

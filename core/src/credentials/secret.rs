@@ -20,6 +20,43 @@ pub const CREDENTIALS_EXPIRE_AT_ANNOTATION: &str = "fedid.dev/credentials-expire
 /// rendered with (absent for the default output).
 pub const OUTPUT_DIGEST_ANNOTATION: &str = "fedid.dev/output-digest";
 
+/// Annotation holding the digest of the data fedid wrote ([`data_digest`]): data that no
+/// longer matches it was changed by someone else, and fedid writes it again.
+pub const DATA_DIGEST_ANNOTATION: &str = "fedid.dev/data-digest";
+
+/// Digest of a Secret's data, keys and values (16 hex digits): it changes exactly when the
+/// contents do.
+pub fn data_digest(secret: &Secret) -> String {
+    let mut hasher = Sha256::new();
+    for (key, value) in secret.data.iter().flatten() {
+        hasher.update(key.as_bytes());
+        hasher.update([0]);
+        hasher.update(
+            u64::try_from(value.0.len())
+                .unwrap_or(u64::MAX)
+                .to_be_bytes(),
+        );
+        hasher.update(&value.0);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Whether `secret`'s data differs from what fedid recorded writing (`false` when there is no
+/// record, as on Secrets written before fedid kept one).
+pub fn data_changed_since_written(secret: &Secret) -> bool {
+    secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|annotations| annotations.get(DATA_DIGEST_ANNOTATION))
+        .is_some_and(|recorded| *recorded != data_digest(secret))
+}
+
 /// Label naming the FederatedIdentity a Secret belongs to.
 pub const IDENTITY_LABEL: &str = "fedid.dev/identity";
 

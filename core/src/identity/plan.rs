@@ -10,7 +10,7 @@ use crate::{
     credentials::{
         secret::{
             CREDENTIALS_EXPIRE_AT_ANNOTATION, EXCHANGE_DIGEST_ANNOTATION, OUTPUT_DIGEST_ANNOTATION,
-            Ownership, TOKEN_KEY, UNSIGNED_TOKEN_ANNOTATION, ownership,
+            Ownership, TOKEN_KEY, UNSIGNED_TOKEN_ANNOTATION, data_changed_since_written, ownership,
         },
         token::decode_unverified,
     },
@@ -127,6 +127,13 @@ pub fn renewal_time(
 ) -> Timestamp {
     let jitter = deterministic_jitter(&format!("{uid}/{}", issued_at.as_second()));
     renew_at(issued_at, expires_at, jitter, margin)
+}
+
+/// Whether a failure with `reason` takes the identity's right to a token away, so that the
+/// token Secret it owns is deleted rather than left valid until it expires: the issuer's policy
+/// no longer allows its namespace (names or selector), or the issuer it names is gone.
+pub fn revokes(reason: Reason) -> bool {
+    matches!(reason, Reason::NamespaceNotAllowed | Reason::IssuerNotFound)
 }
 
 /// The token found in an identity's Secret.
@@ -271,6 +278,13 @@ pub fn plan(
         Ownership::Ours => true,
         Ownership::Absent => false,
     };
+    // Data someone else changed is written again, whatever it holds now.
+    if existing.is_some_and(data_changed_since_written) {
+        return Ok(Plan::Issue {
+            reason: ReissueReason::SecretChanged,
+            secret_exists,
+        });
+    }
     let stored = existing.and_then(|secret| StoredToken::read(secret, &identity.uid, margin));
     let decision = should_reissue(&ReissueInput {
         existing: stored.as_ref().map(|token| ExistingToken {
@@ -666,6 +680,62 @@ mod tests {
     }
 
     #[test]
+    fn data_changed_by_someone_else_is_written_again_and_their_labels_are_not() {
+        let world = World::new();
+        let validated = world.validated();
+        let decide = |secret: &Secret| {
+            plan(
+                &validated,
+                Some(secret),
+                &world.published(),
+                at(T0 + 60),
+                MARGIN,
+            )
+        };
+        let written = world.secret(T0);
+        assert!(matches!(decide(&written), Ok(Plan::Keep(_))));
+
+        let mut labelled = written.clone();
+        labelled
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("team".into(), "a".into());
+        labelled
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("example.com/note".into(), "b".into());
+        assert!(matches!(decide(&labelled), Ok(Plan::Keep(_))));
+
+        let edits: [fn(&mut std::collections::BTreeMap<String, k8s_openapi::ByteString>); 3] = [
+            |data| {
+                data.insert(
+                    "expires-at".into(),
+                    k8s_openapi::ByteString(b"2099-01-01T00:00:00Z".to_vec()),
+                );
+            },
+            |data| {
+                data.insert("extra".into(), k8s_openapi::ByteString(b"x".to_vec()));
+            },
+            |data| data.clear(),
+        ];
+        for edit in edits {
+            let mut tampered = written.clone();
+            if let Some(data) = tampered.data.as_mut() {
+                edit(data);
+            }
+            assert_eq!(
+                decide(&tampered),
+                Ok(Plan::Issue {
+                    reason: ReissueReason::SecretChanged,
+                    secret_exists: true,
+                })
+            );
+        }
+    }
+
+    #[test]
     fn renewal_time_is_stable_across_restarts_and_respects_the_margin() {
         let first = renewal_time("uid-1", at(1_000), at(4_600), MARGIN);
         assert_eq!(first, renewal_time("uid-1", at(1_000), at(4_600), MARGIN));
@@ -682,6 +752,10 @@ mod tests {
                 TOKEN_KEY.into(),
                 k8s_openapi::ByteString(b"garbage".to_vec()),
             );
+        }
+        // As in a Secret written before fedid recorded its data's digest.
+        if let Some(annotations) = secret.metadata.annotations.as_mut() {
+            annotations.remove(crate::credentials::secret::DATA_DIGEST_ANNOTATION);
         }
         assert_eq!(
             plan(

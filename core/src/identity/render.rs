@@ -10,9 +10,9 @@ use k8s_openapi::{
 use crate::{
     crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE},
     credentials::secret::{
-        CREDENTIALS_EXPIRE_AT_ANNOTATION, EXCHANGE_DIGEST_ANNOTATION, EXPIRES_AT_KEY,
-        IDENTITY_LABEL, KEY_ID_ANNOTATION, OUTPUT_DIGEST_ANNOTATION, TOKEN_KEY,
-        UNSIGNED_TOKEN_ANNOTATION, identity_label_value, unsigned_token,
+        CREDENTIALS_EXPIRE_AT_ANNOTATION, DATA_DIGEST_ANNOTATION, EXCHANGE_DIGEST_ANNOTATION,
+        EXPIRES_AT_KEY, IDENTITY_LABEL, KEY_ID_ANNOTATION, OUTPUT_DIGEST_ANNOTATION, TOKEN_KEY,
+        UNSIGNED_TOKEN_ANNOTATION, data_digest, identity_label_value, unsigned_token,
     },
     exchange::Credentials,
     identity::template::TemplateError,
@@ -108,7 +108,7 @@ pub fn render_secret_with(
                 .map(|(key, value)| (key, ByteString(value))),
         );
     }
-    Ok(Secret {
+    let mut secret = Secret {
         metadata: ObjectMeta {
             name: Some(identity.secret_name.clone()),
             namespace: Some(identity.namespace.clone()),
@@ -120,7 +120,12 @@ pub fn render_secret_with(
         type_: Some(identity.output.secret_type().as_str().to_owned()),
         data: Some(data),
         ..Secret::default()
-    })
+    };
+    let digest = data_digest(&secret);
+    if let Some(annotations) = secret.metadata.annotations.as_mut() {
+        annotations.insert(DATA_DIGEST_ANNOTATION.to_owned(), digest);
+    }
+    Ok(secret)
 }
 
 /// Annotation keys of fedid's own (`fedid.dev/…`); others on its Secrets are left alone.
@@ -244,7 +249,11 @@ mod tests {
                         "app.kubernetes.io/managed-by": "fedid",
                         "fedid.dev/identity": "deploy"
                     },
-                    "annotations": {"fedid.dev/key-id": "kid-1"},
+                    "annotations": {
+                        "fedid.dev/key-id": "kid-1",
+                        // data_digest of the data below
+                        "fedid.dev/data-digest": "a4d0a2431a2ba81f"
+                    },
                     "ownerReferences": [{
                         "apiVersion": "fedid.dev/v1alpha1",
                         "kind": "FederatedIdentity",

@@ -9,9 +9,8 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::{
     conditions::{
@@ -29,26 +28,8 @@ use crate::{
 /// contents it restarted for.
 pub const CREDENTIALS_DIGEST_ANNOTATION: &str = "fedid.dev/credentials-digest";
 
-/// Digest of a Secret's data (keys and values): what changes exactly when its contents do.
-pub fn credentials_digest(secret: &Secret) -> String {
-    let mut hasher = Sha256::new();
-    for (key, value) in secret.data.iter().flatten() {
-        hasher.update(key.as_bytes());
-        hasher.update([0]);
-        hasher.update(
-            u64::try_from(value.0.len())
-                .unwrap_or(u64::MAX)
-                .to_be_bytes(),
-        );
-        hasher.update(&value.0);
-    }
-    hasher
-        .finalize()
-        .iter()
-        .take(8)
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
+/// Digest of a Secret's contents: what the rollout phase restarts workloads for.
+pub use crate::credentials::secret::data_digest as credentials_digest;
 
 /// The merge patch that restarts a workload for the Secret contents of `digest`.
 pub fn restart_patch(digest: &str) -> serde_json::Value {
@@ -292,7 +273,7 @@ pub fn report_rollout(
 mod tests {
     use std::collections::BTreeMap;
 
-    use k8s_openapi::ByteString;
+    use k8s_openapi::{ByteString, api::core::v1::Secret};
 
     use super::*;
     use crate::crd::{Duration as SpecDuration, output::WorkloadKind};

@@ -83,6 +83,8 @@ pub enum ReissueReason {
     DueForRenewal,
     /// A renewal was asked for (`kubectl fedid renew`) after the token was issued.
     RenewRequested,
+    /// The Secret's data was changed by someone else since fedid wrote it.
+    SecretChanged,
 }
 
 impl ReissueReason {
@@ -102,6 +104,7 @@ impl ReissueReason {
             Self::SpecChanged => "SpecChanged",
             Self::DueForRenewal => "DueForRenewal",
             Self::RenewRequested => "RenewRequested",
+            Self::SecretChanged => "SecretChanged",
         }
     }
 }

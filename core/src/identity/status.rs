@@ -13,7 +13,10 @@ use crate::{
     },
     crd::{FederatedIdentityStatus, identity::LastExchange},
     exchange::{ExchangeError, Exchanged},
-    identity::plan::Issued,
+    identity::{
+        plan::{Issued, revokes},
+        schedule::ReissueReason,
+    },
     reason::{Failure, RECHECK_INTERVAL, Reason, Retry, message_chain},
     timing::{backoff, deterministic_jitter, until},
 };
@@ -176,11 +179,30 @@ pub fn next_status(
                             ConditionStatus::False
                         },
                         reason,
-                        message: message_chain(failure),
+                        message: if revokes(reason) {
+                            format!(
+                                "{}; fedid keeps no token for it (its token Secret is deleted)",
+                                message_chain(failure)
+                            )
+                        } else {
+                            message_chain(failure)
+                        },
                         observed_generation: generation,
                     },
                     now,
                 );
+            }
+            if revokes(reason) {
+                // The shell deleted the token Secret: no token to report any more.
+                status.secret_name = None;
+                status.key_id = None;
+                status.issued_at = None;
+                status.expires_at = None;
+                status.renew_at = None;
+                status.credentials_expire_at = None;
+                status
+                    .conditions
+                    .retain(|condition| condition.type_ != CREDENTIALS_FRESH);
             }
         }
     }
@@ -206,6 +228,16 @@ pub fn transition_event(
     let refreshed_again =
         fresh(previous).as_deref() == Some("False") && fresh(status).as_deref() == Some("True");
     match outcome {
+        Ok(issued) if issued.written == Some(ReissueReason::SecretChanged) => Some(EventNote {
+            severity: Severity::Warning,
+            reason: Reason::SecretRestored,
+            action: "IssueToken",
+            note: format!(
+                "Secret {}'s data was changed outside fedid (it no longer matches what fedid \
+                 wrote); fedid wrote a new token into it",
+                issued.secret_name
+            ),
+        }),
         Ok(issued) if refreshed_again && !ready_changed => Some(EventNote {
             severity: Severity::Normal,
             reason: Reason::Exchanged,
@@ -374,7 +406,7 @@ pub fn requeue(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{conditions::ready_state, identity::schedule::ReissueReason};
+    use crate::conditions::ready_state;
 
     /// A failure with a chosen reason and retry class.
     #[derive(Debug, thiserror::Error)]
@@ -507,11 +539,47 @@ mod tests {
                 .iter()
                 .find(|c| c.type_ == crate::conditions::READY)
                 .expect("Ready");
-            assert_eq!(condition.message, error.message);
+            if revokes(reason) {
+                assert_eq!(
+                    condition.message,
+                    format!(
+                        "{}; fedid keeps no token for it (its token Secret is deleted)",
+                        error.message
+                    )
+                );
+            } else {
+                assert_eq!(condition.message, error.message);
+            }
             assert_eq!(condition.observed_generation, Some(2));
             let event = transition_event(&ok(1_000), &status, Err(&error)).expect("an Event");
             assert_eq!(event.reason, reason);
             assert_eq!(event.note, error.message);
+        }
+    }
+
+    #[test]
+    fn a_lost_right_drops_the_token_from_the_status_and_other_failures_keep_it() {
+        for (reason, revoked) in [
+            (Reason::NamespaceNotAllowed, true),
+            (Reason::IssuerNotFound, true),
+            (Reason::NoDefaultIssuer, false),
+            (Reason::LifetimeTooLong, false),
+        ] {
+            let status = next_status(
+                Some(2),
+                &ok(1_000),
+                Err(&permanent(reason)),
+                None,
+                at(1_500),
+            );
+            let kept = [
+                status.secret_name.is_some(),
+                status.key_id.is_some(),
+                status.issued_at.is_some(),
+                status.expires_at.is_some(),
+                status.renew_at.is_some(),
+            ];
+            assert_eq!(kept, [!revoked; 5], "{reason}");
         }
     }
 

@@ -13,7 +13,7 @@ use std::{sync::Arc, time::Duration};
 use fedid_core::{
     crd::exchange::{ConfigMapKeyRef, SecretKeyRef},
     crd::issuer::DefaultIssuerError,
-    crd::{FederatedIdentity, FederatedIdentityStatus},
+    crd::{FederatedIdentity, FederatedIdentityStatus, identity::default_secret_name},
     credentials::{
         secret::{Ownership, ownership},
         token::Minted,
@@ -25,7 +25,7 @@ use fedid_core::{
     },
     identity::{
         mint::{MintError, mint, sign_client_assertion},
-        plan::{Issued, Plan, PlanError, plan},
+        plan::{Issued, Plan, PlanError, plan, revokes},
         render::{leftover_entries, render_secret},
         rollout::{RolloutOutcome, credentials_digest, report_rollout},
         status::{
@@ -284,6 +284,7 @@ pub async fn reconcile(
             rollout = Some(roll_out(shared, &identity, &digest, now).await);
             Ok(issued)
         }
+        Err(error) if revokes(error.reason()) => Err(revoke(&identity, &ctx, error).await),
         Err(error) => Err(error),
     };
     let outcome: Outcome<'_> = match &result {
@@ -386,6 +387,37 @@ async fn run_pipeline(
         issued: Issued::written(&validated, &credentials, reason, margin),
         digest,
     })
+}
+
+/// Deletes the token Secret of an identity that lost its right to one (`cause`), if it owns
+/// one, and returns `cause` to report; a failed delete is reported instead, and retried.
+async fn revoke(
+    identity: &FederatedIdentity,
+    ctx: &IdentityContext,
+    cause: IdentityError,
+) -> IdentityError {
+    let name = identity.name_any();
+    let secret_name = identity
+        .spec
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| default_secret_name(&name));
+    let namespace = identity.namespace().unwrap_or_default();
+    let uid = identity.uid().unwrap_or_default();
+    let Some(existing) = ctx
+        .secrets
+        .current(&namespace, &secret_name)
+        .filter(|secret| ownership(Some(secret), &uid) == Ownership::Ours)
+    else {
+        return cause;
+    };
+    match delete_own_secret(&ctx.shared, &existing).await {
+        Ok(()) => {
+            warn!(secret = %secret_name, reason = %cause.reason(), "revoked: deleted the token Secret");
+            cause
+        }
+        Err(error) => IdentityError::Apply(error),
+    }
 }
 
 /// Deletes a Secret fedid controls (that very object: the delete is conditional on its UID).

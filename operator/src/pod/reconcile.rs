@@ -16,7 +16,7 @@ use fedid_core::{
     crd::FederatedIdentity,
     credentials::secret::{Ownership, ownership},
     identity::{
-        plan::{Issued, Plan, plan},
+        plan::{Issued, Plan, plan, revokes},
         validate::validate,
     },
     pod::{
@@ -138,9 +138,9 @@ impl Failure for PodPassError {
     }
 }
 
-/// Why the pod reconciler itself failed (deleting a finished pod's Secret).
+/// Why the pod reconciler itself failed (deleting a finished or revoked pod's Secret).
 #[derive(Debug, thiserror::Error)]
-#[error("failed to delete Secret {secret} of a finished pod")]
+#[error("failed to delete Secret {secret} of a finished or revoked pod")]
 pub struct CleanupError {
     secret: String,
     #[source]
@@ -177,7 +177,13 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<PodContext>) -> Result<Action, Cl
     identity_ctx.shared.metrics.count_reconcile("pod");
     let (result, first_issue) = match run_pipeline(&pod, &ctx, now).await {
         Ok((issued, first)) => (Ok(issued), first),
-        Err(error) => (Err(error), false),
+        Err(error) => {
+            if revokes(error.reason()) {
+                // The pod's identity lost its right to tokens: its token goes now.
+                delete_secret(&pod, &ctx).await?;
+            }
+            (Err(error), false)
+        }
     };
     Ok(report(&pod, &ctx, result, first_issue, now).await)
 }
@@ -339,7 +345,7 @@ async fn delete_secret(pod: &Pod, ctx: &PodContext) -> Result<(), CleanupError> 
         })
 }
 
-/// Called when [`reconcile`] fails (the finished pod's Secret could not be deleted).
+/// Called when [`reconcile`] fails (a finished or revoked pod's Secret could not be deleted).
 pub fn error_policy(_pod: Arc<Pod>, error: &CleanupError, _ctx: Arc<PodContext>) -> Action {
     debug!(%error, "pod reconcile failed");
     Action::requeue(Duration::from_secs(5))

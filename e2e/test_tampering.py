@@ -1,0 +1,188 @@
+"""Tampering and revocation on the real control plane, fedid running as the chart's ServiceAccount:
+a Secret edited, emptied or given extra keys by someone else is written again within one pass,
+with a Warning Event, while a user's labels are left alone; an identity that loses its right to a
+token (the issuer's names drop its namespace, the namespace stops matching the selector, the
+issuer is deleted) has its token Secret deleted within seconds, and a restored right issues a
+new token.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from typing import Iterator
+
+import pytest
+
+from conftest import Cluster, wait_for
+from fedid_harness import (
+    Operator,
+    chart_operator,
+    condition,
+    events_for,
+    get_json,
+    secret_data,
+    verify_token,
+)
+
+RUN = uuid.uuid4().hex[:6]
+TEAM = f"tamper-{RUN}"
+OTHER = f"tamper-other-{RUN}"
+BY_NAME = f"tamper-names-{RUN}"
+BY_LABEL = f"tamper-labels-{RUN}"
+LABEL = f"fedid.dev/tamper-{RUN}"
+
+
+def issuer(operator: Operator, name: str, allowed: dict) -> str:
+    return json.dumps({
+        "apiVersion": "fedid.dev/v1alpha1", "kind": "IdentityIssuer", "metadata": {"name": name},
+        "spec": {"issuerURL": operator.issuer_url(name), "signing": {"prepublishPeriod": "0s"},
+                 "allowedNamespaces": allowed},
+    })
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster) -> Iterator[Operator]:
+    with chart_operator(cluster, "fedid-tamper", [TEAM, OTHER]) as running:
+        cluster.kubectl("label", "namespace", OTHER, f"{LABEL}=yes", "--overwrite")
+        cluster.apply(issuer(running, BY_NAME, {"names": [TEAM]}))
+        cluster.apply(issuer(running, BY_LABEL, {"selector": {"matchLabels": {LABEL: "yes"}}}))
+        for name in (BY_NAME, BY_LABEL):
+            cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{name}", "--timeout=60s")
+        yield running
+    for name in (BY_NAME, BY_LABEL):
+        cluster.kubectl("delete", "identityissuer", name, "--wait=false", check=False)
+
+
+def identity(cluster: Cluster, namespace: str, name: str, issuer_name: str) -> None:
+    cluster.apply(json.dumps({
+        "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"issuerRef": issuer_name, "audiences": ["sts.example.com"]},
+    }))
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", namespace, "--timeout=60s")
+
+
+def token_of(cluster: Cluster, namespace: str, name: str) -> str:
+    return secret_data(cluster, namespace, f"{name}-token")["decoded"]["token"]
+
+
+def warning_events(cluster: Cluster, namespace: str, name: str, reason: str) -> list[dict]:
+    return [e for e in events_for(cluster, namespace, name) if e.get("reason") == reason]
+
+
+def patch_secret(cluster: Cluster, namespace: str, name: str, patch: dict) -> None:
+    cluster.kubectl("patch", "secret", f"{name}-token", "-n", namespace, "--type=merge", "-p", json.dumps(patch))
+
+
+def restored(cluster: Cluster, namespace: str, name: str, tampered_token: str | None) -> dict:
+    """Waits until the Secret holds a valid-looking token again that is not the tampered value."""
+    def check() -> dict | None:
+        decoded = secret_data(cluster, namespace, f"{name}-token")["decoded"]
+        token = decoded.get("token")
+        if token and token != tampered_token and token.count(".") == 2 and "extra" not in decoded:
+            return decoded
+        return None
+    return wait_for(f"Secret {name}-token restored", check, timeout=30)
+
+
+def test_an_edited_secret_is_written_again_with_an_event(cluster: Cluster, operator: Operator) -> None:
+    name = "edited"
+    identity(cluster, TEAM, name, BY_NAME)
+    original = token_of(cluster, TEAM, name)
+    forged = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9."
+    patch_secret(cluster, TEAM, name, {"data": {"token": base64.b64encode(forged.encode()).decode()}})
+    started = time.monotonic()
+    decoded = restored(cluster, TEAM, name, forged)
+    assert time.monotonic() - started < 30
+    assert decoded["token"] != original, "a new token, not the old one from memory"
+    verify_token(operator, decoded["token"], operator.issuer_url(BY_NAME), "sts.example.com")
+    events = wait_for("the SecretRestored Event", lambda: warning_events(cluster, TEAM, name, "SecretRestored") or None)
+    assert events[0]["type"] == "Warning" and f"Secret {name}-token" in events[0]["message"]
+    assert condition(get_json(cluster, "fid", name, "-n", TEAM))["status"] == "True"
+
+
+def test_an_emptied_secret_or_an_added_key_is_written_again(cluster: Cluster, operator: Operator) -> None:
+    name = "emptied"
+    identity(cluster, TEAM, name, BY_NAME)
+    # `data: null` in a merge patch removes every key.
+    cluster.kubectl("patch", "secret", f"{name}-token", "-n", TEAM, "--type=json",
+                    "-p", json.dumps([{"op": "remove", "path": "/data"}]))
+    restored(cluster, TEAM, name, None)
+    patch_secret(cluster, TEAM, name, {"data": {"extra": base64.b64encode(b"planted").decode()}})
+    decoded = restored(cluster, TEAM, name, None)
+    assert set(decoded) == {"token", "expires-at"}, decoded.keys()
+
+
+def test_labels_and_annotations_of_the_user_are_left_alone(cluster: Cluster, operator: Operator) -> None:
+    name = "labelled"
+    identity(cluster, TEAM, name, BY_NAME)
+    token = token_of(cluster, TEAM, name)
+    passes = operator.metric("fedid_reconciles_total", {"controller": "identity"})
+    cluster.kubectl("label", "secret", f"{name}-token", "-n", TEAM, "team=payments")
+    cluster.kubectl("annotate", "secret", f"{name}-token", "-n", TEAM, "example.com/owner=payments")
+    wait_for("a pass over the labelled Secret",
+             lambda: operator.metric("fedid_reconciles_total", {"controller": "identity"}) >= passes + 1 or None)
+    secret = get_json(cluster, "secret", f"{name}-token", "-n", TEAM)
+    assert secret["metadata"]["labels"]["team"] == "payments"
+    assert secret["metadata"]["annotations"]["example.com/owner"] == "payments"
+    assert token_of(cluster, TEAM, name) == token, "a label is no reason for a new token"
+    assert not warning_events(cluster, TEAM, name, "SecretRestored")
+
+
+def gone(cluster: Cluster, namespace: str, name: str) -> bool:
+    return cluster.kubectl("get", "secret", f"{name}-token", "-n", namespace, check=False).returncode != 0
+
+
+def reason_of(cluster: Cluster, namespace: str, name: str) -> str | None:
+    found = condition(get_json(cluster, "fid", name, "-n", namespace))
+    return found["reason"] if found else None
+
+
+def test_a_namespace_dropped_from_the_issuers_names_loses_its_token_at_once(cluster: Cluster,
+                                                                          operator: Operator) -> None:
+    name = "dropped"
+    identity(cluster, TEAM, name, BY_NAME)
+    cluster.kubectl("patch", "identityissuer", BY_NAME, "--type=merge",
+                    "-p", json.dumps({"spec": {"allowedNamespaces": {"names": ["someone-else"]}}}))
+    started = time.monotonic()
+    wait_for("the token Secret deleted", lambda: gone(cluster, TEAM, name), timeout=20)
+    assert time.monotonic() - started < 20
+    found = get_json(cluster, "fid", name, "-n", TEAM)
+    ready = condition(found)
+    assert ready["reason"] == "NamespaceNotAllowed" and ready["status"] == "False"
+    assert ready["message"].endswith("fedid keeps no token for it (its token Secret is deleted)"), ready["message"]
+    assert "expiresAt" not in found["status"] and "secretName" not in found["status"], found["status"]
+    # The policy back: a new token.
+    cluster.kubectl("patch", "identityissuer", BY_NAME, "--type=merge",
+                    "-p", json.dumps({"spec": {"allowedNamespaces": {"names": [TEAM]}}}))
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=30s")
+    verify_token(operator, token_of(cluster, TEAM, name), operator.issuer_url(BY_NAME), "sts.example.com")
+
+
+def test_a_namespace_that_loses_its_label_loses_its_token(cluster: Cluster, operator: Operator) -> None:
+    name = "unlabelled"
+    identity(cluster, OTHER, name, BY_LABEL)
+    cluster.kubectl("label", "namespace", OTHER, f"{LABEL}-")
+    try:
+        wait_for("the token Secret deleted", lambda: gone(cluster, OTHER, name), timeout=20)
+        assert reason_of(cluster, OTHER, name) == "NamespaceNotAllowed"
+    finally:
+        cluster.kubectl("label", "namespace", OTHER, f"{LABEL}=yes", "--overwrite")
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", OTHER, "--timeout=30s")
+
+
+def test_a_deleted_issuer_takes_its_tokens_along(cluster: Cluster, operator: Operator) -> None:
+    temporary = f"tamper-temp-{RUN}"
+    cluster.apply(issuer(operator, temporary, {"names": [TEAM]}))
+    cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{temporary}", "--timeout=60s")
+    name = "orphaned"
+    identity(cluster, TEAM, name, temporary)
+    # A foreign Secret of the same shape in the namespace is never touched.
+    cluster.kubectl("create", "secret", "generic", "not-fedids", "-n", TEAM, "--from-literal=token=x")
+    cluster.kubectl("delete", "identityissuer", temporary)
+    wait_for("the token Secret deleted", lambda: gone(cluster, TEAM, name), timeout=20)
+    assert reason_of(cluster, TEAM, name) == "IssuerNotFound"
+    assert get_json(cluster, "secret", "not-fedids", "-n", TEAM)["metadata"]["name"] == "not-fedids"
