@@ -253,19 +253,18 @@ fn is_valid_path_segment(segment: &str) -> bool {
 /// The OpenID discovery document for an issuer whose published keys use `algorithms`.
 ///
 /// `id_token_signing_alg_values_supported` lists the distinct algorithms of the published
-/// keys (RS256 when there are none yet); `claims_supported` lists the claims fedid sets, plus
-/// the issuer's static claims.
+/// keys, and always RS256, which OpenID Connect Discovery 1.0 §3 requires every provider to
+/// list (an ES256-only issuer signs nothing with it; relying parties pick the key by `kid`);
+/// `claims_supported` lists the claims fedid sets, plus the issuer's static claims.
 pub fn discovery_document(
     issuer: &IssuerUrl,
     algorithms: &[SigningAlgorithm],
     issuer_claim_names: &[&str],
 ) -> Value {
     let mut algorithms = algorithms.to_vec();
+    algorithms.push(SigningAlgorithm::RS256);
     algorithms.sort();
     algorithms.dedup();
-    if algorithms.is_empty() {
-        algorithms.push(SigningAlgorithm::RS256);
-    }
     let algorithm_names: Vec<&str> = algorithms.iter().map(|alg| alg.as_str()).collect();
     let mut claims: Vec<&str> = RESERVED_CLAIMS.to_vec();
     claims.extend(
@@ -447,7 +446,7 @@ mod tests {
     }
 
     #[test]
-    fn discovery_lists_rs256_before_any_key_exists() {
+    fn discovery_always_lists_rs256_as_oidc_discovery_requires() {
         let document = discovery_document(&issuer("https://issuer.example.com"), &[], &[]);
         assert_eq!(
             document["id_token_signing_alg_values_supported"],
@@ -460,7 +459,7 @@ mod tests {
         );
         assert_eq!(
             es_only["id_token_signing_alg_values_supported"],
-            json!(["ES256"])
+            json!(["RS256", "ES256"])
         );
     }
 
