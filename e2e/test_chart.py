@@ -761,6 +761,7 @@ def test_deployment_runs_fedid_as_documented(cluster: Cluster, release: dict) ->
         "--exchange-qps=20",
         "--exchange-burst=40",
         "--exchange-concurrency=16",
+        "--rollout=false",
         "--leader-election=true",
         "--leader-election-lease-name=fedid-leader",
         # The pod server, for its Service's names, with the certificate fedid generates and

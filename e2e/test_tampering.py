@@ -186,3 +186,40 @@ def test_a_deleted_issuer_takes_its_tokens_along(cluster: Cluster, operator: Ope
     wait_for("the token Secret deleted", lambda: gone(cluster, TEAM, name), timeout=20)
     assert reason_of(cluster, TEAM, name) == "IssuerNotFound"
     assert get_json(cluster, "secret", "not-fedids", "-n", TEAM)["metadata"]["name"] == "not-fedids"
+
+
+def test_an_issuer_whose_url_path_is_taken_reports_url_conflict(cluster: Cluster, operator: Operator) -> None:
+    """Two issuers with one URL path: fedid serves discovery by path, so only the one created first
+    can be served. The newer reports URLConflict and makes no keys; its identities cannot be
+    issued; once the older is gone, the newer takes the path over."""
+    # Created within one second, the lower name wins: the names agree with the order here.
+    older, newer = f"tamper-url-a-{RUN}", f"tamper-url-b-{RUN}"
+    cluster.apply(issuer(operator, older, {"names": [TEAM]}))
+    cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{older}", "--timeout=60s")
+    served = operator.get(f"/issuers/{older}/.well-known/openid-configuration").json()
+    clash = json.loads(issuer(operator, newer, {"names": [TEAM]}))
+    clash["spec"]["issuerURL"] = operator.issuer_url(older)
+    cluster.apply(json.dumps(clash))
+    found = wait_for("URLConflict", lambda: (c if (c := condition(get_json(cluster, "identityissuer", newer)))
+                                             and c["reason"] == "URLConflict" else None), timeout=30)
+    assert found["status"] == "False" and f"served for IdentityIssuer {older}" in found["message"], found
+    assert "activeKeyID" not in get_json(cluster, "identityissuer", newer).get("status", {})
+    assert operator.get(f"/issuers/{older}/.well-known/openid-configuration").json() == served
+    name = "clashing"
+    cluster.apply(json.dumps({
+        "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
+        "metadata": {"name": name, "namespace": TEAM},
+        "spec": {"issuerRef": newer, "audiences": ["sts.example.com"]},
+    }))
+    not_ready = wait_for("IssuerNotReady", lambda: (c if (c := condition(get_json(cluster, "fid", name, "-n", TEAM)))
+                                                    and c["reason"] == "IssuerNotReady" else None), timeout=30)
+    assert "is served for IdentityIssuer" in not_ready["message"], not_ready
+    assert gone(cluster, TEAM, name)
+
+    cluster.kubectl("delete", "identityissuer", older)
+    try:
+        cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{newer}", "--timeout=30s")
+        cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=60s")
+        verify_token(operator, token_of(cluster, TEAM, name), operator.issuer_url(older), "sts.example.com")
+    finally:
+        cluster.kubectl("delete", "identityissuer", newer, "--wait=false", check=False)

@@ -252,6 +252,10 @@ reasons! {
     /// FederatedIdentity, `RolledOut` condition: the operator runs without `--rollout`, so `output.rollout` is not acted on.
     RolloutDisabled,
 
+    // Issuers sharing a URL path.
+    /// IdentityIssuer: another issuer created earlier has a URL with the same path, so fedid serves that one there; identities of this one report IssuerNotReady.
+    URLConflict,
+
     // Tampering.
     /// FederatedIdentity Event: the Secret's data was changed outside fedid, which wrote a new token into it.
     SecretRestored,
@@ -413,6 +417,7 @@ mod tests {
                 "RolloutPending",
                 "RolloutFailed",
                 "RolloutDisabled",
+                "URLConflict",
                 "SecretRestored"
             ]
         );

@@ -205,10 +205,15 @@ pub async fn run_controllers(
                 debug!(%error, "pod controller");
             }
         });
+    // Every issuer change the registry notices also has the issuer controller look at every
+    // issuer again: which one serves a shared URL path can change with another's spec.
+    let (issuers_changed, issuer_rechecks) = futures::channel::mpsc::unbounded::<()>();
     let identity_controller = Controller::for_stream(identity_events, identities)
         .owns_stream(secret_events)
         .reconcile_on(
             issuer_change_stream(issuer_changes).flat_map(move |change| {
+                // A full channel or a stopped issuer controller only loses a recheck.
+                let _ = issuers_changed.unbounded_send(());
                 stream::iter(identities_concerned(&mapping_store, &change))
             }),
         )
@@ -251,6 +256,7 @@ pub async fn run_controllers(
         Api::<Secret>::namespaced(client, &namespace),
         watcher::Config::default().labels(ISSUER_LABEL),
     )
+    .reconcile_all_on(issuer_rechecks)
     .with_config(controller::Config::default().concurrency(4))
     .graceful_shutdown_on(stop)
     .run(

@@ -143,6 +143,18 @@ impl IssuerConfig {
     }
 }
 
+/// Which of the issuers whose URLs share one path serves it (fedid serves discovery and JWKS
+/// by path, whatever the host): the one created first, the lowest name breaking a tie; the
+/// others report `URLConflict`. `issuers` are (name, creation time) pairs.
+pub fn path_owner<'a>(
+    issuers: impl IntoIterator<Item = (&'a str, Option<jiff::Timestamp>)>,
+) -> Option<&'a str> {
+    issuers
+        .into_iter()
+        .min_by_key(|(name, created)| (created.is_none(), *created, *name))
+        .map(|(name, _)| name)
+}
+
 /// Validates `spec` and resolves its defaults.
 pub fn validate_issuer_spec(spec: &IdentityIssuerSpec) -> Result<IssuerConfig, IssuerSpecError> {
     let issuer_url = IssuerUrl::parse(&spec.issuer_url)?;
@@ -227,6 +239,24 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+
+    #[test]
+    fn the_issuer_created_first_owns_a_shared_path() {
+        let at = |second| Some(jiff::Timestamp::from_second(second).expect("valid"));
+        assert_eq!(path_owner([]), None);
+        assert_eq!(
+            path_owner([("new", at(200)), ("old", at(100))]),
+            Some("old")
+        );
+        // Created in the same second: the name decides, whatever the order they are seen in.
+        assert_eq!(path_owner([("b", at(100)), ("a", at(100))]), Some("a"));
+        assert_eq!(path_owner([("a", at(100)), ("b", at(100))]), Some("a"));
+        // An object without a creation time (never stored) loses.
+        assert_eq!(
+            path_owner([("unsaved", None), ("stored", at(300))]),
+            Some("stored")
+        );
+    }
     use crate::crd::SigningAlgorithm;
 
     fn validate(extra: Value) -> Result<IssuerConfig, IssuerSpecError> {

@@ -486,6 +486,10 @@ pub(crate) fn fetch_from_caches(
     namespaces: &Store<PartialObjectMeta<Namespace>>,
 ) -> Result<Fetched, FetchError> {
     let issuer = resolve_issuer(registry, identity.spec.issuer_ref.as_deref())?;
+    if let Some(conflict) = registry.url_conflict(&issuer) {
+        // Its documents are not the ones served at its URL: its tokens would not verify.
+        return Err(unusable_issuer(&issuer, &conflict));
+    }
     let namespace = identity.namespace().unwrap_or_default();
     let namespace_labels = issuer.resource.needs_namespace_labels(&namespace).then(|| {
         namespaces

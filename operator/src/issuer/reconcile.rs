@@ -41,7 +41,7 @@ use kube::{
 use tracing::{info, warn};
 
 use crate::{
-    issuer::registry::IssuerRegistry,
+    issuer::registry::{IssuerRegistry, Unusable},
     runtime::{
         context::{Context, FIELD_MANAGER, apply_status},
         metrics::IssuerLabels,
@@ -127,6 +127,9 @@ pub enum IssuerError {
     /// Plan phase: the key generation task did not complete (the runtime is shutting down).
     #[error("the key generation task did not complete: {0}")]
     KeyTask(String),
+    /// Validate phase: an issuer created earlier serves this one's URL path.
+    #[error(transparent)]
+    UrlConflict(Unusable),
     /// The IdentityIssuer has no UID (it was not read from the apiserver).
     #[error("IdentityIssuer has no uid")]
     MissingUid,
@@ -150,6 +153,7 @@ impl Failure for IssuerError {
             Self::Validate(error) => error.reason(),
             Self::Keys(error) => Failure::reason(error),
             Self::KeyTask(_) => Reason::KeyGenerationFailed,
+            Self::UrlConflict(_) => Reason::URLConflict,
             Self::MissingUid => Reason::MissingMetadata,
             Self::Raced | Self::Api { .. } => Reason::ApiError,
         }
@@ -159,7 +163,7 @@ impl Failure for IssuerError {
         match self {
             Self::Validate(error) => Failure::retry(error),
             Self::Keys(error) => error.retry(),
-            Self::MissingUid => Retry::WaitForChange,
+            Self::MissingUid | Self::UrlConflict(_) => Retry::WaitForChange,
             Self::KeyTask(_) | Self::Raced | Self::Api { .. } => Retry::Backoff,
         }
     }
@@ -183,9 +187,22 @@ pub async fn reconcile(
     shared.metrics.count_reconcile("issuer");
     let name = issuer.name_any();
     let config = validate_issuer_spec(&issuer.spec);
-    let result = match &config {
-        Ok(config) => ensure_keys(&issuer, config, shared, now).await,
-        Err(error) => Err(IssuerError::Validate(error.clone())),
+    let mut conflict = None;
+    if let Some(registry) = &ctx.registry {
+        // Whether another issuer serves this one's path is the registry's to say: wait until
+        // it has loaded this generation of the spec.
+        match registry.get(&name) {
+            Some(loaded) if loaded.resource.meta().generation == issuer.meta().generation => {
+                conflict = registry.url_conflict(&loaded);
+            }
+            _ => return Ok(Action::requeue(Duration::from_secs(1))),
+        }
+    }
+    let result = match (&config, conflict) {
+        (Err(error), _) => Err(IssuerError::Validate(error.clone())),
+        // No keys for an issuer nobody can verify: it waits for its path to be free.
+        (Ok(_), Some(conflict)) => Err(IssuerError::UrlConflict(conflict)),
+        (Ok(config), None) => ensure_keys(&issuer, config, shared, now).await,
     };
     if let Err(IssuerError::Raced) = result {
         // Not a failure to report: the winner's ring is planned from right away.

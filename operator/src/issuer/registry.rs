@@ -32,7 +32,7 @@ use tracing::{debug, warn};
 use fedid_core::{
     crd::issuer::{DefaultIssuerError, IdentityIssuer, default_issuer},
     issuer::{
-        config::{IssuerConfig, IssuerSpecError, validate_issuer_spec},
+        config::{IssuerConfig, IssuerSpecError, path_owner, validate_issuer_spec},
         discovery::etag,
         documents::render_documents,
         key_store::{ISSUER_LABEL, key_ring_from_secret, key_ring_secret_name},
@@ -88,6 +88,35 @@ pub enum Unusable {
     /// The key ring could not be read.
     #[error("its key ring is unreadable")]
     BadKeyRing(#[source] Arc<KeyError>),
+    /// An issuer created earlier has a URL with the same path, so that one is served there.
+    #[error("its URL path {path} is served for IdentityIssuer {owner}, created earlier")]
+    UrlConflict {
+        /// The shared path.
+        path: String,
+        /// The issuer that serves it.
+        owner: String,
+    },
+}
+
+impl LoadedIssuer {
+    fn path(&self) -> Option<&str> {
+        self.config
+            .as_ref()
+            .ok()
+            .map(|config| config.issuer_url.path())
+    }
+
+    fn resource_name(&self) -> &str {
+        self.resource.meta().name.as_deref().unwrap_or_default()
+    }
+
+    fn created(&self) -> Option<jiff::Timestamp> {
+        self.resource
+            .meta()
+            .creation_timestamp
+            .as_ref()
+            .map(|time| time.0)
+    }
 }
 
 /// One IdentityIssuer with its key ring, as this process last saw them.
@@ -263,18 +292,26 @@ impl IssuerRegistry {
     }
 
     /// The usable issuer whose URL has this path (the part before `/.well-known/…`).
-    /// When several issuers share a path, the one created first wins.
+    /// When several issuers share a path, the core's [`path_owner`] chooses.
     pub fn find_by_path(&self, path: &str) -> Option<Arc<LoadedIssuer>> {
-        self.read()
-            .values()
-            .filter(|loaded| {
-                loaded
-                    .config
-                    .as_ref()
-                    .is_ok_and(|config| config.issuer_url.path() == path)
-            })
-            .min_by_key(|loaded| loaded.resource.meta().creation_timestamp.clone())
-            .cloned()
+        let issuers = self.read();
+        let owner = path_owner(
+            issuers
+                .values()
+                .filter(|loaded| loaded.path() == Some(path))
+                .map(|loaded| (loaded.resource_name(), loaded.created())),
+        )?;
+        issuers.get(owner).cloned()
+    }
+
+    /// When `issuer`'s URL path is served for another issuer: why it is not usable.
+    pub fn url_conflict(&self, issuer: &LoadedIssuer) -> Option<Unusable> {
+        let path = issuer.path()?;
+        let owner = self.find_by_path(path)?;
+        (owner.resource_name() != issuer.resource_name()).then(|| Unusable::UrlConflict {
+            path: path.to_owned(),
+            owner: owner.resource_name().to_owned(),
+        })
     }
 
     /// Every issuer, by name.
