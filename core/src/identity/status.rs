@@ -154,7 +154,11 @@ pub fn next_status(
                 status.failed_attempts = previous.failed_attempts.saturating_add(1);
             }
             status.last_failure_reason = Some(reason.as_str().to_owned());
-            let token_still_valid = usable_until(previous).is_some_and(|expires| expires > now);
+            // An identity whose exchange has never given credentials (one just added to the
+            // spec) has nothing usable, whatever its token.
+            let never_exchanged = attempt.is_some() && previous.credentials_expire_at.is_none();
+            let token_still_valid =
+                !never_exchanged && usable_until(previous).is_some_and(|expires| expires > now);
             if let Some(attempt) = attempt {
                 set_condition(
                     &mut status.conditions,
@@ -699,6 +703,15 @@ mod tests {
         let expired = next_status(Some(1), &failing, Err(&error), Some(&attempt), at(1_950));
         assert_eq!(
             ready(&expired),
+            ("Unknown".into(), "ExchangeUnavailable".into())
+        );
+
+        // An exchange just added to an identity that has a token: until it first succeeds,
+        // the identity is not Ready (kubectl wait waits for the credentials).
+        let token_only = ok(1_000);
+        let added = next_status(Some(2), &token_only, Err(&error), Some(&attempt), at(1_100));
+        assert_eq!(
+            ready(&added),
             ("Unknown".into(), "ExchangeUnavailable".into())
         );
 
