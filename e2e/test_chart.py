@@ -656,6 +656,23 @@ ARG_CONFIGURATIONS = {
 }
 
 
+def test_key_ring_protection_renders_only_when_enabled_with_its_allowed_users(cluster: Cluster) -> None:
+    assert not [key for key in pod_render(cluster) if key.startswith("ValidatingAdmissionPolicy")]
+    rendered = pod_render(cluster, "--set", "keyRingProtection.enabled=true",
+                          "--set", "keyRingProtection.allowedUsers={system:serviceaccount:backup:restore}")
+    policy = rendered[f"ValidatingAdmissionPolicy/{POD_RELEASE}-key-rings"]["spec"]
+    assert policy["failurePolicy"] == "Fail"
+    assert policy["matchConstraints"]["resourceRules"][0]["operations"] == ["UPDATE", "DELETE"]
+    expression = policy["validations"][0]["expression"]
+    for user in (f"system:serviceaccount:{POD_RELEASE}:{POD_RELEASE}", "system:serviceaccount:backup:restore",
+                 "system:serviceaccount:kube-system:generic-garbage-collector"):
+        assert f"'{user}'" in expression, expression
+    binding = rendered[f"ValidatingAdmissionPolicyBinding/{POD_RELEASE}-key-rings"]["spec"]
+    assert binding["validationActions"] == ["Deny"]
+    assert binding["matchResources"]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": POD_RELEASE}}
+    assert binding["matchResources"]["objectSelector"] == {"matchExpressions": [{"key": "fedid.dev/issuer", "operator": "Exists"}]}
+
+
 def test_rollout_adds_the_flag_and_only_a_patch_on_workloads(cluster: Cluster) -> None:
     """rollout.enabled turns on --rollout and adds one rule: patch (no get, list or watch) on
     the three workload kinds; off by default, with neither."""

@@ -223,3 +223,79 @@ def test_an_issuer_whose_url_path_is_taken_reports_url_conflict(cluster: Cluster
         verify_token(operator, token_of(cluster, TEAM, name), operator.issuer_url(older), "sts.example.com")
     finally:
         cluster.kubectl("delete", "identityissuer", newer, "--wait=false", check=False)
+
+
+def kid_of(token: str) -> str:
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    return header["kid"]
+
+
+def key_ring(issuer_name: str) -> str:
+    return f"fedid-keys-{issuer_name}"
+
+
+@pytest.mark.parametrize("loss", ["deleted", "corrupted"])
+def test_a_lost_key_ring_is_replaced_and_every_token_reissued(cluster: Cluster, operator: Operator,
+                                                              loss: str) -> None:
+    """The key ring deleted, or overwritten with garbage: the issuer reports it (Warning Event
+    KeyRingLost, fedid_issuer_key_rings_lost_total), a new key signs at once, and the tokens
+    signed by the lost key (which no longer verify) are reissued within seconds."""
+    name = f"keyless-{loss}"
+    ring_issuer = f"tamper-ring-{loss}-{RUN}"
+    cluster.apply(issuer(operator, ring_issuer, {"names": [TEAM]}))
+    cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{ring_issuer}", "--timeout=60s")
+    try:
+        identity(cluster, TEAM, name, ring_issuer)
+        before = token_of(cluster, TEAM, name)
+        old_kid = kid_of(before)
+        losses = operator.metric("fedid_issuer_key_rings_lost_total", {"issuer": ring_issuer})
+        if loss == "deleted":
+            cluster.kubectl("delete", "secret", key_ring(ring_issuer), "-n", "fedid-system")
+        else:
+            garbage = base64.b64encode(b"{not a key ring").decode()
+            cluster.kubectl("patch", "secret", key_ring(ring_issuer), "-n", "fedid-system", "--type=merge",
+                            "-p", json.dumps({"data": {"keys.json": garbage}}))
+
+        def reissued() -> str | None:
+            token = token_of(cluster, TEAM, name)
+            return token if kid_of(token) != old_kid else None
+        token = wait_for("a token signed by the new key", reissued, timeout=30)
+        status = get_json(cluster, "identityissuer", ring_issuer)["status"]
+        assert status["activeKeyID"] == kid_of(token) and old_kid not in status["publishedKeyIDs"]
+        verify_token(operator, token, operator.issuer_url(ring_issuer), "sts.example.com")
+        def lost_events() -> list[dict] | None:
+            listed = json.loads(cluster.kubectl("get", "events", "-A", "-o", "json").stdout)["items"]
+            return [e for e in listed if e.get("reason") == "KeyRingLost"
+                    and e["involvedObject"]["name"] == ring_issuer] or None
+        events = wait_for("the KeyRingLost Event", lost_events)
+        expected = "deleted" if loss == "deleted" else "unreadable"
+        assert expected in events[0]["message"] and events[0]["type"] == "Warning", events[0]
+        assert operator.metric("fedid_issuer_key_rings_lost_total", {"issuer": ring_issuer}) == losses + 1
+        assert condition(get_json(cluster, "fid", name, "-n", TEAM))["status"] == "True"
+    finally:
+        cluster.kubectl("delete", "identityissuer", ring_issuer, "--wait=false", check=False)
+
+
+def test_the_chart_can_protect_the_key_rings(cluster: Cluster, operator: Operator, tmp_path) -> None:
+    """keyRingProtection.enabled: the real apiserver refuses an admin's delete or edit of a key
+    ring, while fedid's ServiceAccount (impersonated, server-side dry run) may still replace it."""
+    from fedid_harness import OPERATOR_NAMESPACE, install_chart_service_account
+    ring = key_ring(BY_NAME)
+    install_chart_service_account(cluster, OPERATOR_NAMESPACE, tmp_path, values=("keyRingProtection.enabled=true",))
+    try:
+        def refused() -> str | None:
+            result = cluster.kubectl("delete", "secret", ring, "-n", OPERATOR_NAMESPACE, "--dry-run=server", check=False)
+            return result.stderr if result.returncode != 0 else None
+        message = wait_for("the policy to refuse a delete", refused, timeout=30)
+        assert f"holds the signing keys of IdentityIssuer {BY_NAME}: only fedid may change or delete it" in message
+        edited = cluster.kubectl("annotate", "secret", ring, "-n", OPERATOR_NAMESPACE, "x=y", check=False)
+        assert edited.returncode != 0 and "only fedid may change or delete it" in edited.stderr, edited.stderr
+        as_fedid = cluster.kubectl("delete", "secret", ring, "-n", OPERATOR_NAMESPACE, "--dry-run=server",
+                                   f"--as=system:serviceaccount:{OPERATOR_NAMESPACE}:fedid", check=False)
+        assert as_fedid.returncode == 0, as_fedid.stderr
+        # Other Secrets of the namespace are not covered.
+        cluster.kubectl("create", "secret", "generic", f"plain-{RUN}", "-n", OPERATOR_NAMESPACE, "--from-literal=a=b")
+        cluster.kubectl("delete", "secret", f"plain-{RUN}", "-n", OPERATOR_NAMESPACE)
+        assert get_json(cluster, "secret", ring, "-n", OPERATOR_NAMESPACE)["metadata"]["name"] == ring
+    finally:
+        install_chart_service_account(cluster, OPERATOR_NAMESPACE, tmp_path, values=("keyRingProtection.enabled=false",))

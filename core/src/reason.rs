@@ -252,6 +252,10 @@ reasons! {
     /// FederatedIdentity, `RolledOut` condition: the operator runs without `--rollout`, so `output.rollout` is not acted on.
     RolloutDisabled,
 
+    // Lost key rings.
+    /// IdentityIssuer Event: the key-ring Secret was deleted, emptied or corrupted; a new key signs at once and every token signed by a lost key is reissued.
+    KeyRingLost,
+
     // Issuers sharing a URL path.
     /// IdentityIssuer: another issuer created earlier has a URL with the same path, so fedid serves that one there; identities of this one report IssuerNotReady.
     URLConflict,
@@ -417,6 +421,7 @@ mod tests {
                 "RolloutPending",
                 "RolloutFailed",
                 "RolloutDisabled",
+                "KeyRingLost",
                 "URLConflict",
                 "SecretRestored"
             ]

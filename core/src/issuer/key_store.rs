@@ -125,6 +125,59 @@ pub fn stored_key_ring(
     })
 }
 
+/// How an issuer's key ring was lost, when the stored one holds none of the keys the issuer
+/// published before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyRingLoss {
+    /// The key-ring Secret is gone.
+    Deleted,
+    /// The Secret is there but holds no key.
+    Emptied,
+    /// The Secret is there but its key ring cannot be read.
+    Corrupt,
+}
+
+impl KeyRingLoss {
+    /// What happened, for the Event.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Deleted => "the key-ring Secret was deleted",
+            Self::Emptied => "the key-ring Secret was emptied",
+            Self::Corrupt => "the key ring in its Secret is unreadable",
+        }
+    }
+}
+
+/// The key ring to plan from, after checking that the Secret is controlled by the issuer
+/// (`owner`), and whether keys the issuer published before (`previously_published`, from its
+/// status) were lost. A lost ring is replaced, not waited on: every token its keys signed
+/// fails verification already, so a new key signs at once (a bootstrap) and those tokens are
+/// reissued. A Secret controlled by anything else is never used or overwritten.
+pub fn recover_key_ring(
+    existing: Option<&Secret>,
+    owner: &OwnerReference,
+    namespace: &str,
+    secret_name: &str,
+    previously_published: &[String],
+) -> Result<(KeyRing, Option<KeyRingLoss>), KeysError> {
+    let had_keys = !previously_published.is_empty();
+    match stored_key_ring(existing, owner, namespace, secret_name) {
+        Err(KeysError::UnreadableKeyRing { .. }) => {
+            Ok((KeyRing::default(), Some(KeyRingLoss::Corrupt)))
+        }
+        Err(error) => Err(error),
+        Ok(ring) if had_keys && ring.keys.is_empty() => {
+            let loss = if existing.is_some() {
+                KeyRingLoss::Emptied
+            } else {
+                KeyRingLoss::Deleted
+            };
+            Ok((ring, Some(loss)))
+        }
+        Ok(ring) => Ok((ring, None)),
+    }
+}
+
 /// A key ring after this pass's rotation steps.
 #[derive(Clone, Debug)]
 pub struct Rotation {
@@ -132,6 +185,8 @@ pub struct Rotation {
     pub ring: KeyRing,
     /// The steps applied, in order; empty when the ring was already up to date.
     pub steps: Vec<RotationPlan>,
+    /// Set when the stored ring was lost and this one replaces it.
+    pub lost: Option<KeyRingLoss>,
 }
 
 impl Rotation {
@@ -174,7 +229,11 @@ pub fn rotate(
         next = apply_plan(&next, &plan, new_key).map_err(KeysError::Rotation)?;
         steps.push(plan);
     }
-    Ok(Rotation { ring: next, steps })
+    Ok(Rotation {
+        ring: next,
+        steps,
+        lost: None,
+    })
 }
 
 /// The key-ring Secret holding `ring`, written with the `resource_version` it was planned from
@@ -309,6 +368,67 @@ mod tests {
         let empty = stored_key_ring(None, &owner("uid-ci"), "fedid-system", "fedid-keys-ci")
             .expect("no Secret is an empty ring");
         assert!(empty.keys.is_empty());
+    }
+
+    #[test]
+    fn a_lost_ring_is_replaced_and_a_foreign_one_never() {
+        let ours = owner("uid-ci");
+        let recover = |existing: Option<&Secret>, published: &[String]| {
+            recover_key_ring(existing, &ours, "fedid-system", "fedid-keys-ci", published)
+        };
+        let published = ["kid-1".to_owned()];
+        // Never had keys: a first bootstrap, nothing lost.
+        let (ring, lost) = recover(None, &[]).expect("empty");
+        assert!(ring.keys.is_empty() && lost.is_none());
+        // Had keys, and the Secret is gone, emptied or unreadable.
+        assert_eq!(
+            recover(None, &published).expect("deleted").1,
+            Some(KeyRingLoss::Deleted)
+        );
+        let emptied = Secret {
+            metadata: ObjectMeta {
+                owner_references: Some(vec![ours.clone()]),
+                ..ObjectMeta::default()
+            },
+            ..Secret::default()
+        };
+        assert_eq!(
+            recover(Some(&emptied), &published).expect("emptied").1,
+            Some(KeyRingLoss::Emptied)
+        );
+        let mut corrupt = emptied.clone();
+        corrupt.data = Some(BTreeMap::from([(
+            KEY_RING_DATA_KEY.to_owned(),
+            ByteString(b"not json".to_vec()),
+        )]));
+        let (ring, lost) = recover(Some(&corrupt), &published).expect("replaced");
+        assert!(ring.keys.is_empty());
+        assert_eq!(lost, Some(KeyRingLoss::Corrupt));
+        // Someone else's Secret, corrupt or not, stays someone else's.
+        let mut foreign = corrupt.clone();
+        foreign.metadata.owner_references = Some(vec![owner("someone-else")]);
+        assert_eq!(
+            recover(Some(&foreign), &published)
+                .expect_err("foreign")
+                .reason(),
+            Reason::KeyStoreConflict
+        );
+        // A ring that holds keys is no loss.
+        let full = rotate(
+            KeyRing::default(),
+            &policy(),
+            None,
+            at(1_800_000_000),
+            |algorithm, now| generate_key(algorithm, now),
+        )
+        .expect("bootstrap")
+        .ring;
+        let mut stored = emptied.clone();
+        stored.data = Some(BTreeMap::from([(
+            KEY_RING_DATA_KEY.to_owned(),
+            ByteString(full.to_json().expect("json")),
+        )]));
+        assert_eq!(recover(Some(&stored), &published).expect("stored").1, None);
     }
 
     #[test]

@@ -17,13 +17,14 @@ use std::{
 };
 
 use fedid_core::{
+    conditions::{EventNote, Severity},
     crd::{IdentityIssuer, IdentityIssuerStatus},
     issuer::{
         config::{IssuerConfig, IssuerSpecError, validate_issuer_spec},
         documents::render_documents,
         key_store::{
-            KeysError, Rotation, key_ring_secret_name, render_key_ring_secret, render_static_files,
-            rotate, static_files_config_map_name, stored_key_ring,
+            KeysError, Rotation, key_ring_secret_name, recover_key_ring, render_key_ring_secret,
+            render_static_files, rotate, static_files_config_map_name,
         },
         keys::{KeyRing, generate_key},
         status::{KeysState, Outcome, next_status, requeue, rotation_event, transition_event},
@@ -213,6 +214,32 @@ pub async fn reconcile(
     // failure is retried (error policy) after the status is written, not instead of it.
     let mut static_files = Ok(());
     if let Ok(keys) = &result {
+        if let Some(loss) = keys.lost {
+            let signing = keys
+                .ring
+                .signing_key(now)
+                .map(|key| key.kid.clone())
+                .unwrap_or_default();
+            warn!(loss = loss.describe(), kid = %signing, "key ring lost; replaced");
+            shared
+                .metrics
+                .key_rings_lost
+                .get_or_create(&IssuerLabels {
+                    issuer: name.clone(),
+                })
+                .inc();
+            let event = EventNote {
+                severity: Severity::Warning,
+                reason: Reason::KeyRingLost,
+                action: "RotateKeys",
+                note: format!(
+                    "{}: key {signing} signs now, and every token signed by a lost key is \
+                     reissued",
+                    loss.describe()
+                ),
+            };
+            shared.publish(&issuer.object_ref(&()), event).await;
+        }
         for event in keys.steps.iter().filter_map(rotation_event) {
             info!(note = %event.note, "key ring changed");
             shared.publish(&issuer.object_ref(&()), event).await;
@@ -296,7 +323,18 @@ async fn ensure_keys(
             "read Secret {namespace}/{secret_name}"
         )))?;
     // Plan.
-    let ring = stored_key_ring(existing.as_ref(), &owner, namespace, &secret_name)?;
+    let previously_published = issuer
+        .status
+        .as_ref()
+        .map(|status| status.published_key_ids.as_slice())
+        .unwrap_or_default();
+    let (ring, lost) = recover_key_ring(
+        existing.as_ref(),
+        &owner,
+        namespace,
+        &secret_name,
+        previously_published,
+    )?;
     let policy = config.rotation;
     let request = issuer.rotation_request().map(str::to_owned);
     let rotation = tokio::task::spawn_blocking(move || {
@@ -304,6 +342,7 @@ async fn ensure_keys(
     })
     .await
     .map_err(|join| IssuerError::KeyTask(join.to_string()))??;
+    let rotation = Rotation { lost, ..rotation };
     if !rotation.must_store(existing.is_some()) {
         return Ok(rotation);
     }

@@ -196,6 +196,8 @@ pub struct Metrics {
     published_keys: Family<IssuerLabels, Gauge>,
     /// Signing keys created, by issuer (bootstrap, scheduled and forced rotations).
     pub keys_created: Family<IssuerLabels, Counter>,
+    /// Key rings found lost (deleted, emptied, corrupted) and replaced, per issuer.
+    pub key_rings_lost: Family<IssuerLabels, Counter>,
     /// Exchange requests sent, by kind, endpoint host and outcome.
     pub exchange_requests: Family<ExchangeLabels, Counter>,
     /// Time one exchange request took, by kind.
@@ -266,6 +268,12 @@ impl Default for Metrics {
             "issuer_published_keys",
             "Keys published in each issuer's JWKS",
             published_keys.clone(),
+        );
+        let key_rings_lost = Family::<IssuerLabels, Counter>::default();
+        registry.register(
+            "issuer_key_rings_lost",
+            "Key rings found deleted, emptied or corrupted and replaced with a new key",
+            key_rings_lost.clone(),
         );
         let keys_created = Family::<IssuerLabels, Counter>::default();
         registry.register(
@@ -398,6 +406,7 @@ impl Default for Metrics {
             signing_duration,
             published_keys,
             keys_created,
+            key_rings_lost,
         }
     }
 }
