@@ -419,7 +419,7 @@ mod tests {
             &policy(),
             None,
             at(1_800_000_000),
-            |algorithm, now| generate_key(algorithm, now),
+            generate_key,
         )
         .expect("bootstrap")
         .ring;
