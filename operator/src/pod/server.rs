@@ -172,10 +172,9 @@ pub async fn serve(
     });
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     info!(?addr, "serving the pod webhook and token endpoint");
-    axum_server::from_tcp_rustls(listener, tls)?
-        .handle(handle)
-        .serve(router(state).into_make_service())
-        .await
+    let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+    crate::serve::http::limit_connections(server.http_builder());
+    server.serve(router(state).into_make_service()).await
 }
 
 fn count(

@@ -94,6 +94,32 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Longest time a client may take to send a request's headers, on a new connection or between
+/// two requests on a kept-alive one: a slow or idle client is disconnected then.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest request head (request line and headers) accepted; a larger one is refused with 431.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
+
+/// Bounds what one client can hold of a server: [`HEADER_READ_TIMEOUT`] and
+/// [`MAX_REQUEST_HEAD_BYTES`] over HTTP/1, and over HTTP/2 pings that close a connection whose
+/// peer stopped answering.
+pub fn limit_connections(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_header_list_size(u32::try_from(MAX_REQUEST_HEAD_BYTES).unwrap_or(u32::MAX));
+}
+
 /// Serves until `shutdown` resolves, then drains connections for up to 10 s.
 pub async fn serve(
     config: ServerConfig,
@@ -119,14 +145,15 @@ pub async fn serve(
                 })?;
             tokio::spawn(reload_certificate(tls.clone(), files));
             info!(%addr, "serving HTTPS");
-            axum_server::bind_rustls(addr, tls)
-                .handle(handle)
-                .serve(app)
-                .await
+            let mut server = axum_server::bind_rustls(addr, tls).handle(handle);
+            limit_connections(server.http_builder());
+            server.serve(app).await
         }
         None => {
             info!(%addr, "serving plain HTTP");
-            axum_server::bind(addr).handle(handle).serve(app).await
+            let mut server = axum_server::bind(addr).handle(handle);
+            limit_connections(server.http_builder());
+            server.serve(app).await
         }
     }
     .map_err(|source| ServeError::Serve { addr, source })
