@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import json
@@ -246,10 +247,39 @@ def chart_operator(cluster: Cluster, name: str, namespaces: Iterable[str],
     running.start()
     try:
         yield running
+        # Private keys stay in their Secrets: not in metrics, status or any Event of the cluster.
+        exposed = {
+            "/metrics": running.get("/metrics").text,
+            "statuses": cluster.kubectl("get", "identityissuers,federatedidentities", "-A", "-o", "json").stdout,
+            "Events": cluster.kubectl("get", "events", "-A", "-o", "json").stdout,
+        }
+        leaks = {where: leaked for where, text in exposed.items() if (leaked := private_keys_in(cluster, text))}
+        assert not leaks, f"private key material appeared in {sorted(leaks)}"
     finally:
         running.stop()
         logs = running.logs()
         assert not jwts_in(logs), f"a JWT appeared in the operator's logs ({running.log_path}): {jwts_in(logs)}"
+        assert not private_keys_in(cluster, logs), f"private key material in the operator's logs ({running.log_path})"
+
+
+def private_keys_in(cluster: Cluster, text: str) -> list[str]:
+    """Pieces of the issuers' private keys (each base64 line of every key ring's PEM keys, as
+    stored now, and the PEM marker itself) that occur in `text`."""
+    listed = json.loads(cluster.kubectl("get", "secrets", "-n", OPERATOR_NAMESPACE, "-l", "fedid.dev/issuer",
+                                        "-o", "json").stdout)["items"]
+    pieces = ["PRIVATE KEY-----"]
+    for secret in listed:
+        encoded = (secret.get("data") or {}).get("keys.json")
+        if not encoded:
+            continue
+        try:
+            ring = json.loads(base64.b64decode(encoded))
+        except ValueError:
+            continue  # a key ring a test corrupted on purpose
+        for key in ring.get("keys", []):
+            pem = key.get("private_key_pem") or key.get("privateKeyPem") or ""
+            pieces += [line for line in pem.splitlines() if len(line) >= 40 and "-----" not in line]
+    return [piece for piece in pieces if piece in text]
 
 
 def jwks_for(operator: Operator, issuer_url: str) -> dict:

@@ -299,3 +299,14 @@ def test_the_chart_can_protect_the_key_rings(cluster: Cluster, operator: Operato
         assert get_json(cluster, "secret", ring, "-n", OPERATOR_NAMESPACE)["metadata"]["name"] == ring
     finally:
         install_chart_service_account(cluster, OPERATOR_NAMESPACE, tmp_path, values=("keyRingProtection.enabled=false",))
+
+
+def test_the_private_key_scan_finds_a_key_when_there_is_one(cluster: Cluster, operator: Operator) -> None:
+    """The scan every chart_operator module runs over logs, metrics, statuses and Events (see
+    fedid_harness.private_keys_in) can fail: given a real key ring's PEM it reports it."""
+    from fedid_harness import OPERATOR_NAMESPACE, private_keys_in
+    ring = json.loads(secret_data(cluster, OPERATOR_NAMESPACE, key_ring(BY_NAME))["decoded"]["keys.json"])
+    pem = ring["keys"][0]["privateKeyPem"]
+    assert len(private_keys_in(cluster, f"log line: {pem.splitlines()[1]}")) == 1
+    assert private_keys_in(cluster, pem)
+    assert private_keys_in(cluster, "nothing to see") == []
