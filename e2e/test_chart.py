@@ -920,6 +920,52 @@ def test_service_account_has_exactly_the_documented_rights(cluster: Cluster, rel
     assert not wrong, "rights differ from the documented ones:\n" + "\n".join(wrong)
 
 
+def documented_rights(scope: str) -> set[tuple[str, str, str]]:
+    """(resource.group, resource name or "", verb) of the chart README's rights table rows of
+    `scope` ("cluster" or "release namespace") that the default release has: pods.enabled,
+    leader election, no cert-manager, no rollout."""
+    rights = set()
+    for line in (CHART / "README.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 5 or cells[0] != scope or "*rollout*" in cells[4]:
+            continue
+        group = cells[1].strip("`")
+        group = "" if group == "core" else group
+        names = RELEASE if "named `<fullname>`" in cells[2] else ""
+        for resource in re.findall(r"`([a-z/]+)`", cells[2]):
+            base, _, subresource = resource.partition("/")
+            # kubectl's spelling: resource.group/subresource
+            spelled = (f"{base}.{group}" if group else base) + (f"/{subresource}" if subresource else "")
+            for verb in (verb.strip() for verb in cells[3].split(",")):
+                rights.add((spelled, names, verb))
+    return rights
+
+
+def can_i_list(cluster: Cluster, subject: str, namespace: str) -> set[tuple[str, str, str]]:
+    """(resource, resource name or "", verb) rows of `kubectl auth can-i --list`, without what
+    every authenticated user may do (self reviews, non-resource URLs)."""
+    listed = cluster.kubectl("auth", "can-i", "--list", "-n", namespace, f"--as={subject}").stdout
+    rights = set()
+    for line in listed.splitlines()[1:]:
+        match = re.match(r"^(\S+)\s+(\[[^\]]*\])\s+(\[[^\]]*\])\s+\[([^\]]*)\]\s*$", line)
+        if not match or match.group(2) != "[]":
+            continue  # non-resource URLs (/api, /healthz, ...)
+        resource, names, verbs = match.group(1), match.group(3).strip("[]"), match.group(4).split()
+        if resource.startswith("self"):
+            continue  # selfsubjectaccessreviews and friends: every user's
+        for verb in verbs:
+            rights.add((resource, names, verb))
+    return rights
+
+
+def test_can_i_list_is_exactly_the_documented_table(cluster: Cluster, release: dict) -> None:
+    subject = f"system:serviceaccount:{release['namespace']}:{release['name']}"
+    cluster_wide = documented_rights("cluster")
+    assert ("secrets", "", "delete") in cluster_wide and ("pods", "", "watch") in cluster_wide
+    assert can_i_list(cluster, subject, "default") == cluster_wide
+    assert can_i_list(cluster, subject, release["namespace"]) == cluster_wide | documented_rights("release namespace")
+
+
 def test_service_account_can_read_every_secret_by_listing(cluster: Cluster, release: dict, namespace: str) -> None:
     """The READMEs' warning, checked the way a sceptic would: the cluster-wide list right (which
     RBAC cannot narrow to fedid's labels) returns a foreign Secret's data, although a GET of the
