@@ -260,6 +260,10 @@ reasons! {
     /// IdentityIssuer: another issuer created earlier has a URL with the same path, so fedid serves that one there; identities of this one report IssuerNotReady.
     URLConflict,
 
+    // Lapses.
+    /// FederatedIdentity Event: the token expired before it could be renewed (the operator or the apiserver was unavailable); a new one was written.
+    TokenLapsed,
+
     // Tampering.
     /// FederatedIdentity Event: the Secret's data was changed outside fedid, which wrote a new token into it.
     SecretRestored,
@@ -423,6 +427,7 @@ mod tests {
                 "RolloutDisabled",
                 "KeyRingLost",
                 "URLConflict",
+                "TokenLapsed",
                 "SecretRestored"
             ]
         );

@@ -224,6 +224,12 @@ pub struct FederatedIdentityStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exchange: Option<LastExchange>,
 
+    /// When fedid last replaced a token that had already expired (a lapse: the operator or
+    /// the apiserver was unavailable past the renewal time); a Warning Event `TokenLapsed` says
+    /// the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_lapse_time: Option<Time>,
+
     /// What `spec.output.rollout` last did (identities with `spec.output.rollout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
@@ -342,6 +348,7 @@ mod tests {
             conditions: Vec::new(),
             credentials_expire_at: None,
             last_exchange: None,
+            last_lapse_time: None,
             rollout: Some(RolloutStatus {
                 credentials_digest: "0123456789abcdef".into(),
                 last_restart_time: Some(at(1_800_000_060)),

@@ -106,6 +106,12 @@ pub fn next_status(
             status.credentials_expire_at = issued.credentials_expire_at.map(Time);
             status.failed_attempts = 0;
             status.last_failure_reason = None;
+            // A new token where the previous one had expired before it: a lapse, whether the
+            // pass saw it expired or started the renewal in time and could not write it.
+            if issued.written.is_some() && usable_until(previous).is_some_and(|until| until <= now)
+            {
+                status.last_lapse_time = Some(Time(now));
+            }
             let usable_until = issued
                 .credentials_expire_at
                 .map_or(issued.expires_at, |credentials| {
@@ -232,6 +238,16 @@ pub fn transition_event(
     let refreshed_again =
         fresh(previous).as_deref() == Some("False") && fresh(status).as_deref() == Some("True");
     match outcome {
+        Ok(issued) if status.last_lapse_time != previous.last_lapse_time => Some(EventNote {
+            severity: Severity::Warning,
+            reason: Reason::TokenLapsed,
+            action: "IssueToken",
+            note: format!(
+                "the token in Secret {} expired before fedid could renew it (the operator or the \
+                 apiserver was unavailable); a new one, valid until {}, was written",
+                issued.secret_name, issued.expires_at
+            ),
+        }),
         Ok(issued) if issued.written == Some(ReissueReason::SecretChanged) => Some(EventNote {
             severity: Severity::Warning,
             reason: Reason::SecretRestored,
@@ -486,6 +502,43 @@ mod tests {
         assert_eq!(status.observed_generation, Some(2));
         assert_eq!(status.renew_at, Some(Time(at(3_400))));
         assert_eq!(status.key_id.as_deref(), Some("k1"));
+    }
+
+    #[test]
+    fn a_token_replaced_after_it_expired_is_reported_as_a_lapse() {
+        let before = ok(1_000);
+        // Written after the previous token's expiry, whatever the plan saw (a renewal started
+        // in time whose write waited for the apiserver counts too).
+        let lapsed = Issued {
+            written: Some(ReissueReason::DueForRenewal),
+            ..issued()
+        };
+        let status = next_status(Some(1), &before, Ok(&lapsed), None, at(9_000));
+        assert_eq!(status.last_lapse_time, Some(Time(at(9_000))));
+        let event = transition_event(&before, &status, Ok(&lapsed)).expect("a Warning");
+        assert_eq!(
+            (event.severity, event.reason),
+            (Severity::Warning, Reason::TokenLapsed)
+        );
+        // A renewal in time is no lapse.
+        let renewed = Issued {
+            written: Some(ReissueReason::DueForRenewal),
+            ..issued()
+        };
+        let kept = Issued {
+            written: None,
+            ..issued()
+        };
+        let later = next_status(Some(1), &status, Ok(&kept), None, at(9_500));
+        assert_eq!(
+            later.last_lapse_time,
+            Some(Time(at(9_000))),
+            "kept until the next lapse"
+        );
+        assert_eq!(transition_event(&status, &later, Ok(&kept)), None);
+        let status = next_status(Some(1), &before, Ok(&renewed), None, at(3_400));
+        assert_eq!(status.last_lapse_time, None);
+        assert_eq!(transition_event(&before, &status, Ok(&renewed)), None);
     }
 
     #[test]

@@ -820,12 +820,13 @@ async fn report(
     match outcome {
         Ok(issued) => match issued.written {
             Some(reason) => {
-                ctx.metrics
-                    .tokens_issued
-                    .get_or_create(&IssuerLabels {
-                        issuer: issued.issuer.clone(),
-                    })
-                    .inc();
+                let labels = IssuerLabels {
+                    issuer: issued.issuer.clone(),
+                };
+                ctx.metrics.tokens_issued.get_or_create(&labels).inc();
+                if status.last_lapse_time != previous.last_lapse_time {
+                    ctx.metrics.token_lapses.get_or_create(&labels).inc();
+                }
                 info!(
                     issuer = %issued.issuer, kid = %issued.key_id, reason = reason.as_str(),
                     expires_at = %issued.expires_at, renew_at = %issued.renew_at,

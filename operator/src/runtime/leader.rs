@@ -158,24 +158,38 @@ impl Elector {
     ) -> Result<(), LeaderError> {
         let mut last_renewal: Option<std::time::Instant> = None;
         loop {
-            let held = self.try_hold().await;
-            match held {
-                Ok(true) => {
-                    if last_renewal.is_none() {
-                        info!(lease = %self.name, identity = %self.identity, "became the leader");
+            // An apiserver that accepts the connection but never answers must not hold the
+            // loop past the deadline: a leader that cannot renew in time steps down.
+            let budget = match last_renewal {
+                Some(renewed) => self
+                    .timing
+                    .renew_deadline
+                    .saturating_sub(renewed.elapsed())
+                    .max(Duration::from_millis(100)),
+                None => self.timing.renew_deadline,
+            };
+            match tokio::time::timeout(budget, self.try_hold()).await {
+                Err(_) => {
+                    warn!(lease = %self.name, ?budget, "leader election: the apiserver did not answer in time");
+                }
+                Ok(held) => match held {
+                    Ok(true) => {
+                        if last_renewal.is_none() {
+                            info!(lease = %self.name, identity = %self.identity, "became the leader");
+                        }
+                        last_renewal = Some(std::time::Instant::now());
+                        leading.send_replace(true);
                     }
-                    last_renewal = Some(std::time::Instant::now());
-                    leading.send_replace(true);
-                }
-                Ok(false) => {
-                    if last_renewal.is_some() {
-                        leading.send_replace(false);
-                        return Err(self.lost());
+                    Ok(false) => {
+                        if last_renewal.is_some() {
+                            leading.send_replace(false);
+                            return Err(self.lost());
+                        }
                     }
-                }
-                Err(error) => {
-                    warn!(lease = %self.name, %error, "leader election: Lease update failed")
-                }
+                    Err(error) => {
+                        warn!(lease = %self.name, %error, "leader election: Lease update failed")
+                    }
+                },
             }
             if last_renewal.is_some_and(|renewed| renewed.elapsed() > self.timing.renew_deadline) {
                 leading.send_replace(false);

@@ -196,6 +196,8 @@ pub struct Metrics {
     published_keys: Family<IssuerLabels, Gauge>,
     /// Signing keys created, by issuer (bootstrap, scheduled and forced rotations).
     pub keys_created: Family<IssuerLabels, Counter>,
+    /// Tokens replaced only after they had expired (a lapse), per issuer.
+    pub token_lapses: Family<IssuerLabels, Counter>,
     /// Key rings found lost (deleted, emptied, corrupted) and replaced, per issuer.
     pub key_rings_lost: Family<IssuerLabels, Counter>,
     /// Exchange requests sent, by kind, endpoint host and outcome.
@@ -268,6 +270,12 @@ impl Default for Metrics {
             "issuer_published_keys",
             "Keys published in each issuer's JWKS",
             published_keys.clone(),
+        );
+        let token_lapses = Family::<IssuerLabels, Counter>::default();
+        registry.register(
+            "token_lapses",
+            "Tokens replaced only after they had expired: the Secret held no valid token for a while",
+            token_lapses.clone(),
         );
         let key_rings_lost = Family::<IssuerLabels, Counter>::default();
         registry.register(
@@ -407,6 +415,7 @@ impl Default for Metrics {
             published_keys,
             keys_created,
             key_rings_lost,
+            token_lapses,
         }
     }
 }
