@@ -262,6 +262,41 @@ def chart_operator(cluster: Cluster, name: str, namespaces: Iterable[str],
         assert not private_keys_in(cluster, logs), f"private key material in the operator's logs ({running.log_path})"
 
 
+@contextmanager
+def replica_set(cluster: Cluster, operator_namespace: str, namespaces: Iterable[str], names: Iterable[str],
+                issuer: str, allowed: Iterable[str], lease_seconds: int, prepublish: str = "2s",
+                extra_args: Iterable[str] = ()) -> Iterator[dict[str, Operator]]:
+    """Replicas `names` of `fedid run` (admin kubeconfig, a Lease of `lease_seconds` in
+    `operator_namespace`), started after fedid's CRDs are applied and the namespaces exist, with
+    an IdentityIssuer `issuer` (URL on the first replica) allowing `allowed`, Ready; all stopped,
+    and the issuer and namespaces deleted, at the end."""
+    cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+    namespaces = [operator_namespace, *namespaces]
+    for namespace in namespaces:
+        cluster.kubectl("create", "namespace", namespace)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{operator_namespace}-"))
+    args = ["--leader-election-lease-duration", f"{lease_seconds}s", *extra_args]
+    operators = {name: Operator(cluster=cluster, binary=fedid_binary(), workdir=workdir,
+                                namespace=operator_namespace, name=name, extra_args=list(args))
+                 for name in names}
+    for operator in operators.values():
+        operator.start()
+    first = next(iter(operators.values()))
+    cluster.apply(json.dumps({
+        "apiVersion": "fedid.dev/v1alpha1", "kind": "IdentityIssuer", "metadata": {"name": issuer},
+        "spec": {"issuerURL": first.issuer_url(issuer), "signing": {"prepublishPeriod": prepublish},
+                 "allowedNamespaces": {"names": list(allowed)}},
+    }))
+    cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{issuer}", "--timeout=60s")
+    try:
+        yield operators
+    finally:
+        for operator in operators.values():
+            operator.stop()
+        cluster.kubectl("delete", "identityissuer", issuer, "--wait=false", check=False)
+        cluster.kubectl("delete", "namespace", *namespaces, "--wait=false", check=False)
+
+
 def private_keys_in(cluster: Cluster, text: str) -> list[str]:
     """Pieces of the issuers' private keys (each base64 line of every key ring's PEM keys, as
     stored now, and the PEM marker itself) that occur in `text`."""

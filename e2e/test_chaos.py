@@ -19,18 +19,16 @@ import json
 import os
 import random
 import signal
-import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Iterator
 
 import jwt
 import pytest
 
-from conftest import REPO_ROOT, Cluster, wait_for
-from fedid_harness import Operator, fedid_binary, get_json
+from conftest import Cluster, wait_for
+from fedid_harness import Operator, get_json, replica_set
 
 RUN = uuid.uuid4().hex[:6]
 OPERATOR_NS = f"fedid-chaos-{RUN}"
@@ -53,33 +51,9 @@ def lease_holder(cluster: Cluster) -> str | None:
 
 @pytest.fixture(scope="module")
 def replicas(cluster: Cluster) -> Iterator[dict[str, Operator]]:
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
-    for namespace in (OPERATOR_NS, TEAM):
-        cluster.kubectl("create", "namespace", namespace)
-    workdir = Path(tempfile.mkdtemp(prefix="fedid-e2e-chaos-"))
-    args = ["--leader-election-lease-duration", f"{LEASE_SECONDS}s", "--concurrency", "16"]
-    operators = {
-        name: Operator(cluster=cluster, binary=fedid_binary(), workdir=workdir, namespace=OPERATOR_NS,
-                       name=name, extra_args=args)
-        for name in ("chaos-a", "chaos-b")
-    }
-    for operator in operators.values():
-        operator.start()
-    issuer = {
-        "apiVersion": "fedid.dev/v1alpha1", "kind": "IdentityIssuer", "metadata": {"name": ISSUER},
-        "spec": {"issuerURL": operators["chaos-a"].issuer_url(ISSUER),
-                 "signing": {"prepublishPeriod": "3s", "retirementMargin": "1m"},
-                 "allowedNamespaces": {"names": [TEAM]}},
-    }
-    cluster.apply(json.dumps(issuer))
-    cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{ISSUER}", "--timeout=60s")
-    try:
+    with replica_set(cluster, OPERATOR_NS, [TEAM], ["chaos-a", "chaos-b"], ISSUER, [TEAM], LEASE_SECONDS,
+                     prepublish="3s", extra_args=["--concurrency", "16"]) as operators:
         yield operators
-    finally:
-        for operator in operators.values():
-            operator.stop()
-        cluster.kubectl("delete", "identityissuer", ISSUER, "--wait=false", check=False)
-        cluster.kubectl("delete", "namespace", TEAM, OPERATOR_NS, "--wait=false", check=False)
 
 
 def identity_manifest(name: str, audience: str) -> dict:

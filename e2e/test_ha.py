@@ -11,17 +11,15 @@ import base64
 import json
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Iterator
 
 import jwt
 import pytest
 
-from conftest import REPO_ROOT, Cluster, wait_for
-from fedid_harness import Operator, fedid_binary, get_json
+from conftest import Cluster, wait_for
+from fedid_harness import Operator, get_json, replica_set
 
 RUN = uuid.uuid4().hex[:6]
 OPERATOR_NS = f"fedid-ha-{RUN}"
@@ -40,38 +38,9 @@ def lease_holder(cluster: Cluster) -> str | None:
 
 @pytest.fixture(scope="module")
 def replicas(cluster: Cluster) -> Iterator[dict[str, Operator]]:
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
-    for namespace in (OPERATOR_NS, TEAM):
-        cluster.kubectl("create", "namespace", namespace)
-    workdir = Path(tempfile.mkdtemp(prefix="fedid-e2e-ha-"))
-    args = ["--leader-election-lease-duration", f"{LEASE_SECONDS}s"]
-    operators = {
-        name: Operator(cluster=cluster, binary=fedid_binary(), workdir=workdir, namespace=OPERATOR_NS,
-                       name=name, extra_args=args)
-        for name in ("replica-a", "replica-b")
-    }
-    first = operators["replica-a"]
-    for operator in operators.values():
-        operator.start()
-    issuer = {
-        "apiVersion": "fedid.dev/v1alpha1",
-        "kind": "IdentityIssuer",
-        "metadata": {"name": ISSUER},
-        "spec": {
-            "issuerURL": first.issuer_url(ISSUER),
-            "signing": {"prepublishPeriod": "2s"},
-            "allowedNamespaces": {"names": [TEAM]},
-        },
-    }
-    cluster.apply(json.dumps(issuer))
-    cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{ISSUER}", "--timeout=60s")
-    try:
+    with replica_set(cluster, OPERATOR_NS, [TEAM], ["replica-a", "replica-b"], ISSUER, [TEAM],
+                     LEASE_SECONDS) as operators:
         yield operators
-    finally:
-        for operator in operators.values():
-            operator.stop()
-        cluster.kubectl("delete", "identityissuer", ISSUER, "--wait=false", check=False)
-        cluster.kubectl("delete", "namespace", TEAM, OPERATOR_NS, "--wait=false", check=False)
 
 
 def jwks(operator: Operator) -> dict:

@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from conftest import REPO_ROOT, Cluster, wait_for
-from fedid_harness import Operator, condition, events_for, fedid_binary, get_json
+from conftest import Cluster, wait_for
+from fedid_harness import Operator, condition, events_for, get_json, replica_set
 
 RUN = uuid.uuid4().hex[:6]
 OPERATOR_NS = f"fedid-outage-{RUN}"
@@ -33,31 +31,9 @@ STEADY = [f"steady-{n}" for n in range(5)]
 
 @pytest.fixture(scope="module")
 def replicas(cluster: Cluster) -> Iterator[dict[str, Operator]]:
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
-    for namespace in (OPERATOR_NS, TEAM):
-        cluster.kubectl("create", "namespace", namespace)
-    workdir = Path(tempfile.mkdtemp(prefix="fedid-e2e-outage-"))
-    args = ["--leader-election-lease-duration", f"{LEASE_SECONDS}s"]
-    operators = {
-        name: Operator(cluster=cluster, binary=fedid_binary(), workdir=workdir, namespace=OPERATOR_NS,
-                       name=name, extra_args=args)
-        for name in ("outage-a", "outage-b")
-    }
-    for operator in operators.values():
-        operator.start()
-    cluster.apply(json.dumps({
-        "apiVersion": "fedid.dev/v1alpha1", "kind": "IdentityIssuer", "metadata": {"name": ISSUER},
-        "spec": {"issuerURL": operators["outage-a"].issuer_url(ISSUER), "signing": {"prepublishPeriod": "0s"},
-                 "allowedNamespaces": {"names": [TEAM]}},
-    }))
-    cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{ISSUER}", "--timeout=60s")
-    try:
+    with replica_set(cluster, OPERATOR_NS, [TEAM], ["outage-a", "outage-b"], ISSUER, [TEAM],
+                     LEASE_SECONDS, prepublish="0s") as operators:
         yield operators
-    finally:
-        for operator in operators.values():
-            operator.stop()
-        cluster.kubectl("delete", "identityissuer", ISSUER, "--wait=false", check=False)
-        cluster.kubectl("delete", "namespace", TEAM, OPERATOR_NS, "--wait=false", check=False)
 
 
 def identity(cluster: Cluster, name: str, lifetime: str) -> None:
