@@ -152,7 +152,7 @@ def test_the_shell_reconcilers_delegate_every_decision_to_the_core() -> None:
                   "decide_report(", "exchange_backoff_pending(", "transition_event("):
         assert phase in identity, phase
     issuer = production_source(CRATES["operator"] / "issuer" / "reconcile.rs")
-    for phase in ("validate_issuer_spec(", "stored_key_ring(", "rotate(", "render_key_ring_secret(",
+    for phase in ("validate_issuer_spec(", "recover_key_ring(", "rotate(", "render_key_ring_secret(",
                   "render_static_files(", "next_status(", "transition_event(", "requeue("):
         assert phase in issuer, phase
     for text in (identity, issuer):
