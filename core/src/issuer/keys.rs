@@ -20,6 +20,11 @@
 use crate::reason::Reason;
 use std::fmt;
 
+use aws_lc_rs::{
+    rand::SystemRandom,
+    signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, RSA_PKCS1_SHA256, RsaKeyPair},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jiff::{SignedDuration, Timestamp};
 use jsonwebtoken::{
     Algorithm, EncodingKey, Header,
@@ -78,14 +83,21 @@ pub enum KeyError {
         /// Key ID of the broken key.
         kid: String,
     },
+    /// A stored private key parsed as PEM but the crypto library rejected it for signing.
+    #[error("the private key of key {kid:?} cannot sign: {problem}")]
+    UnusablePrivateKey {
+        /// Key ID of the broken key.
+        kid: String,
+        /// Why the crypto library rejected it.
+        problem: aws_lc_rs::error::KeyRejected,
+    },
     /// Signing a token failed.
-    #[error("failed to sign a token with key {kid:?}")]
+    #[error("failed to sign a token with key {kid:?}: {problem}")]
     Sign {
         /// Key ID of the signing key.
         kid: String,
-        /// The underlying error.
-        #[source]
-        source: jsonwebtoken::errors::Error,
+        /// What failed: encoding the claims or the signature itself.
+        problem: SignProblem,
     },
     /// The stored key ring is not valid JSON of the expected shape.
     #[error("failed to parse the stored key ring")]
@@ -122,7 +134,9 @@ impl KeyError {
     pub fn reason(&self) -> Reason {
         match self {
             Self::Generate { .. } | Self::LoadGenerated { .. } => Reason::KeyGenerationFailed,
-            Self::InvalidPrivateKey { .. } => Reason::InvalidPrivateKey,
+            Self::InvalidPrivateKey { .. } | Self::UnusablePrivateKey { .. } => {
+                Reason::InvalidPrivateKey
+            }
             Self::InvalidPublicKey { .. } | Self::UnexpectedKeyType { .. } => {
                 Reason::InvalidPublicKey
             }
@@ -261,11 +275,32 @@ pub fn jwks(keys: &[&KeyRecord]) -> Result<Value, KeyError> {
     Ok(json!({ "keys": keys }))
 }
 
-/// A signing key loaded once and reused for many tokens.
+/// What went wrong while signing one token.
+#[derive(Debug, thiserror::Error)]
+pub enum SignProblem {
+    /// The claims could not be encoded as JSON.
+    #[error("the claims are not encodable as JSON")]
+    Claims(#[source] serde_json::Error),
+    /// The crypto library refused to sign.
+    #[error("the signature failed")]
+    Signature,
+}
+
+/// A private key parsed once, so that each signature costs only the signing itself.
+enum ParsedKey {
+    Rsa(RsaKeyPair),
+    Ec(EcdsaKeyPair),
+}
+
+/// A signing key loaded once and reused for many tokens: the private key is parsed and the
+/// token header encoded when the signer is built, not per token.
 pub struct Signer {
     kid: String,
     algorithm: SigningAlgorithm,
-    key: EncodingKey,
+    key: ParsedKey,
+    /// `base64url({"typ":"JWT","alg":…,"kid":…})`, the same for every token.
+    encoded_header: String,
+    random: SystemRandom,
 }
 
 impl fmt::Debug for Signer {
@@ -278,12 +313,35 @@ impl fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// Loads the private key of `record`.
+    /// Loads and parses the private key of `record`.
     pub fn new(record: &KeyRecord) -> Result<Self, KeyError> {
+        let der = record.encoding_key()?;
+        let unusable = |problem| KeyError::UnusablePrivateKey {
+            kid: record.kid.clone(),
+            problem,
+        };
+        let key = match record.alg {
+            SigningAlgorithm::RS256 => {
+                ParsedKey::Rsa(RsaKeyPair::from_der(der.as_bytes()).map_err(unusable)?)
+            }
+            SigningAlgorithm::ES256 => ParsedKey::Ec(
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.as_bytes())
+                    .map_err(unusable)?,
+            ),
+        };
+        let mut header = Header::new(jwt_algorithm(record.alg));
+        header.typ = Some("JWT".to_owned());
+        header.kid = Some(record.kid.clone());
+        let header_json = serde_json::to_vec(&header).map_err(|source| KeyError::Sign {
+            kid: record.kid.clone(),
+            problem: SignProblem::Claims(source),
+        })?;
         Ok(Self {
             kid: record.kid.clone(),
             algorithm: record.alg,
-            key: record.encoding_key()?,
+            key,
+            encoded_header: URL_SAFE_NO_PAD.encode(header_json),
+            random: SystemRandom::new(),
         })
     }
 
@@ -299,13 +357,38 @@ impl Signer {
 
     /// Signs `claims` into a compact JWT with the header `{alg, kid, typ: "JWT"}`.
     pub fn sign(&self, claims: &Map<String, Value>) -> Result<String, KeyError> {
-        let mut header = Header::new(jwt_algorithm(self.algorithm));
-        header.typ = Some("JWT".to_owned());
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.key).map_err(|source| KeyError::Sign {
+        let failed = |problem| KeyError::Sign {
             kid: self.kid.clone(),
-            source,
-        })
+            problem,
+        };
+        let claims_json =
+            serde_json::to_vec(claims).map_err(|source| failed(SignProblem::Claims(source)))?;
+        let mut jwt =
+            String::with_capacity(self.encoded_header.len() + claims_json.len() * 4 / 3 + 400);
+        jwt.push_str(&self.encoded_header);
+        jwt.push('.');
+        URL_SAFE_NO_PAD.encode_string(&claims_json, &mut jwt);
+        let signature = match &self.key {
+            ParsedKey::Rsa(key) => {
+                let mut signature = vec![0; key.public_modulus_len()];
+                key.sign(
+                    &RSA_PKCS1_SHA256,
+                    &self.random,
+                    jwt.as_bytes(),
+                    &mut signature,
+                )
+                .map_err(|_| failed(SignProblem::Signature))?;
+                signature
+            }
+            ParsedKey::Ec(key) => key
+                .sign(&self.random, jwt.as_bytes())
+                .map_err(|_| failed(SignProblem::Signature))?
+                .as_ref()
+                .to_vec(),
+        };
+        jwt.push('.');
+        URL_SAFE_NO_PAD.encode_string(&signature, &mut jwt);
+        Ok(jwt)
     }
 }
 
@@ -813,6 +896,20 @@ mod tests {
             assert!(text.contains(&key.kid), "{text}");
         }
         assert!(format!("{key:?}").contains("[redacted]"));
+    }
+
+    #[test]
+    fn a_key_of_the_other_algorithm_is_refused_as_an_invalid_private_key() {
+        for (claimed, actual) in [
+            (SigningAlgorithm::RS256, SigningAlgorithm::ES256),
+            (SigningAlgorithm::ES256, SigningAlgorithm::RS256),
+        ] {
+            let mut record = real_key(actual);
+            record.alg = claimed;
+            let error = Signer::new(&record).expect_err("a mismatched key cannot sign");
+            assert_eq!(error.reason(), Reason::InvalidPrivateKey, "{error}");
+            assert!(!error.to_string().contains("PRIVATE KEY"), "{error}");
+        }
     }
 
     #[test]
