@@ -356,6 +356,8 @@ def test_optional_objects_follow_their_values(cluster: Cluster) -> None:
     assert "--leader-election=false" in single and "coordination.k8s.io" not in single
     budget = render(cluster, "fedid", "--set-json", 'exchange={"qps": 2.5, "burst": 7, "concurrency": 3}')
     assert "--exchange-qps=2.5" in budget and "--exchange-burst=7" in budget and "--exchange-concurrency=3" in budget
+    api_budget = render(cluster, "fedid", "--set-json", 'kubeApi={"qps": 12.5, "burst": 30}')
+    assert "--kube-api-qps=12.5" in api_budget and "--kube-api-burst=30" in api_budget
     assert sorted(kinds(render(cluster, "fedid", *EVERYTHING))) == sorted(
         defaults + ["IdentityIssuer", "Ingress", "NetworkPolicy", "ServiceMonitor", "PrometheusRule", "ConfigMap"]
     )
@@ -449,6 +451,8 @@ BAD_VALUES = [
     (["issuer.signing.rotationPeriod=30d"], "at '/issuer/signing/rotationPeriod': '30d' does not match pattern"),
     (["replicaz=2"], "additional properties 'replicaz' not allowed"),
     (["exchange.qps=0"], "at '/exchange/qps'"),
+    (["kubeApi.qps=-1"], "at '/kubeApi/qps': minimum: got -1, want 0"),
+    (["kubeApi.burst=0"], "at '/kubeApi/burst': minimum: got 0, want 1"),
     (["exchange.burst=0"], "at '/exchange/burst': minimum: got 0, want 1"),
     (["exchange.concurrency=0"], "at '/exchange/concurrency': minimum: got 0, want 1"),
     (["issuer.urll=https://x.example.com"], "at '/issuer': additional properties 'urll' not allowed"),
@@ -775,6 +779,8 @@ def test_deployment_runs_fedid_as_documented(cluster: Cluster, release: dict) ->
         "--http-addr=0.0.0.0:8443",
         "--log-format=text",
         "--concurrency=16",
+        "--kube-api-qps=0",
+        "--kube-api-burst=100",
         "--exchange-qps=20",
         "--exchange-burst=40",
         "--exchange-concurrency=16",

@@ -18,6 +18,7 @@ use fedid::{
     controllers::{observe, run_controllers},
     issuer::registry::{IssuerRegistry, sync_registry},
     runtime::{
+        api_rate::ApiRateLimitLayer,
         context::{Context, Settings},
         leader::{Elector, LeaseTiming},
         metrics::Metrics,
@@ -86,6 +87,16 @@ pub struct RunArgs {
     /// update mounted files. Lower it only for tests.
     #[arg(long, env = "FEDID_RENEW_BEFORE_EXPIRY", default_value = "5m", value_parser = parse_duration)]
     pub renew_before_expiry: Duration,
+
+    /// Requests per second fedid may send to the Kubernetes API, all controllers together (the
+    /// leader Lease apart); 0 (the default) sets no client-side limit and leaves protection to
+    /// the apiserver's API Priority and Fairness. A watch counts once, when it starts.
+    #[arg(long, env = "FEDID_KUBE_API_QPS", default_value_t = 0.0, value_parser = parse_optional_rate)]
+    pub kube_api_qps: f64,
+
+    /// Requests fedid may send to the Kubernetes API at once before `--kube-api-qps` applies.
+    #[arg(long, env = "FEDID_KUBE_API_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub kube_api_burst: u32,
 
     /// Exchange requests per second that each token-service host may receive from fedid, shared
     /// by all identities; first issues go before refreshes when it is spent.
@@ -188,6 +199,31 @@ pub struct RunArgs {
     pub token_request_burst: u32,
 }
 
+/// The Kubernetes clients from the environment (in-cluster or kubeconfig): the one every
+/// controller shares, under the `--kube-api-qps` budget when one is set, and one of its own
+/// for the leader Lease, so that a queue of throttled writes never delays a renewal past the
+/// Lease's deadline.
+async fn kube_clients(args: &RunArgs, metrics: &Metrics) -> anyhow::Result<(Client, Client)> {
+    let config = kube::Config::infer()
+        .await
+        .context("failed to configure the Kubernetes client")?;
+    let lease_client =
+        Client::try_from(config.clone()).context("failed to configure the Kubernetes client")?;
+    let builder = kube::client::ClientBuilder::try_from(config)
+        .context("failed to configure the Kubernetes client")?;
+    let client = if args.kube_api_qps > 0.0 {
+        let layer = ApiRateLimitLayer::new(
+            args.kube_api_qps,
+            args.kube_api_burst,
+            metrics.kube_api_throttle.clone(),
+        );
+        builder.with_layer(&layer).build()
+    } else {
+        builder.build()
+    };
+    Ok((client, lease_client))
+}
+
 /// Keeps `fedid_leader` equal to whether this replica leads, until the election ends.
 async fn report_leadership(mut leading: watch::Receiver<bool>, metrics: Arc<Metrics>) {
     loop {
@@ -207,6 +243,15 @@ fn parse_rate(input: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_optional_rate(input: &str) -> Result<f64, String> {
+    match input.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{input:?} is not a number of requests per second (0 for no limit)"
+        )),
+    }
+}
+
 pub(crate) fn parse_duration(input: &str) -> Result<Duration, String> {
     input
         .parse::<fedid_core::crd::Duration>()
@@ -219,12 +264,10 @@ pub(crate) fn parse_duration(input: &str) -> Result<Duration, String> {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // kube and reqwest both use rustls on aws-lc-rs; make it the process default.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let client = Client::try_default()
-        .await
-        .context("failed to configure the Kubernetes client")?;
+    let metrics = Arc::new(Metrics::default());
+    let (client, lease_client) = kube_clients(&args, &metrics).await?;
     let namespace = args.namespace.clone();
     let registry = Arc::new(IssuerRegistry::default());
-    let metrics = Arc::new(Metrics::default());
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("fedid-{:08x}", rand::random::<u32>()));
     let ctx = Arc::new(Context::new(
@@ -297,7 +340,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (leading_tx, leading) = watch::channel(!args.leader_election);
     tokio::spawn(report_leadership(leading.clone(), metrics));
     let elector = Arc::new(Elector::new(
-        client.clone(),
+        lease_client,
         &namespace,
         &args.leader_election_lease_name,
         identity,

@@ -13,6 +13,8 @@ use std::sync::atomic::AtomicU64;
 
 use fedid_core::reason::Reason;
 
+use super::api_rate::ThrottleMetrics;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{
@@ -224,6 +226,8 @@ pub struct Metrics {
     pub token_requests: Family<OutcomeLabels, Counter>,
     /// Workload restarts for `spec.output.rollout`, by namespace, kind and outcome.
     pub rollout_restarts: Family<RolloutLabels, Counter>,
+    /// Kubernetes API requests that waited for `--kube-api-qps`, and how long.
+    pub kube_api_throttle: ThrottleMetrics,
 }
 
 impl Default for Metrics {
@@ -303,6 +307,17 @@ impl Default for Metrics {
             "exchange_duration_seconds",
             "Time one exchange request took, by kind",
             exchange_duration.clone(),
+        );
+        let kube_api_throttle = ThrottleMetrics::default();
+        registry.register(
+            "kube_api_throttled_requests",
+            "Kubernetes API requests that waited for the client-side budget (--kube-api-qps)",
+            kube_api_throttle.waits.clone(),
+        );
+        registry.register(
+            "kube_api_throttled_seconds",
+            "Seconds Kubernetes API requests spent waiting for the client-side budget (--kube-api-qps)",
+            kube_api_throttle.waited_seconds.clone(),
         );
         let exchange_budget_waits = Family::<HostLabels, Counter>::default();
         registry.register(
@@ -397,6 +412,7 @@ impl Default for Metrics {
             exchange_requests,
             exchange_duration,
             exchange_budget_waits,
+            kube_api_throttle,
             credentials_expiry,
             renewal,
             failed_attempts,
