@@ -29,6 +29,7 @@ use tracing::debug;
 use crate::{
     exchange::Exchanger,
     identity::{
+        recent_status::RecentStatuses,
         reconcile::{self as identity, IdentityContext},
         secrets::{ExchangeBackoffs, OwnSecrets},
     },
@@ -183,6 +184,7 @@ pub async fn run_controllers(
             ctx.metrics.clone(),
         )),
         backoffs: ExchangeBackoffs::default(),
+        recent_statuses: RecentStatuses::default(),
     });
     let pod_ctx = Arc::new(PodContext::new(
         identity_ctx.clone(),

@@ -51,6 +51,7 @@ use kube::{
 use tracing::{debug, info, warn};
 
 use super::{
+    recent_status::RecentStatuses,
     rollout::roll_out,
     secrets::{ExchangeBackoffs, OwnSecrets},
 };
@@ -83,6 +84,8 @@ pub struct IdentityContext {
     pub exchanger: Arc<Exchanger>,
     /// Failed exchanges' next-attempt times this replica reported.
     pub backoffs: ExchangeBackoffs,
+    /// Statuses this replica wrote that the identity cache may not show yet.
+    pub recent_statuses: RecentStatuses,
 }
 
 /// Why the fetch phase could not gather what the pass needs.
@@ -453,7 +456,7 @@ async fn report_template(
     now: Timestamp,
 ) -> Result<Action, ReportError> {
     let ctx = identity_ctx.shared.as_ref();
-    let previous = identity.status.clone().unwrap_or_default();
+    let previous = identity_ctx.recent_statuses.freshest(identity);
     let (status, event) = template_report(
         &identity.name_any(),
         issuer,
@@ -462,7 +465,8 @@ async fn report_template(
         now,
     );
     if status != previous {
-        write_status(identity, ctx, &status).await?;
+        let written = write_status(identity, ctx, &status).await?;
+        identity_ctx.recent_statuses.remember(&written);
     }
     if let Some(event) = event {
         ctx.publish(&identity.object_ref(&()), event).await;
@@ -795,7 +799,7 @@ async fn report(
     now: Timestamp,
 ) -> Result<Action, ReportError> {
     let ctx = identity_ctx.shared.as_ref();
-    let previous = identity.status.clone().unwrap_or_default();
+    let previous = identity_ctx.recent_statuses.freshest(identity);
     let uid = identity.uid().unwrap_or_default();
     let generation = identity.meta().generation;
     let (mut status, mut delay) = decide_report(&uid, generation, &previous, outcome, attempt, now);
@@ -809,7 +813,8 @@ async fn report(
             .set(&uid, next_exchange_attempt(&status), now);
     }
     if status != previous {
-        write_status(identity, ctx, &status).await?;
+        let written = write_status(identity, ctx, &status).await?;
+        identity_ctx.recent_statuses.remember(&written);
     }
     if let Some(event) = transition_event(&previous, &status, outcome) {
         ctx.publish(&identity.object_ref(&()), event).await;
@@ -843,12 +848,12 @@ async fn report(
     Ok(Action::requeue(delay))
 }
 
-/// Server-side-applies the status fields fedid owns.
+/// Server-side-applies the status fields fedid owns; returns the identity as written.
 async fn write_status(
     identity: &FederatedIdentity,
     ctx: &Context,
     status: &FederatedIdentityStatus,
-) -> Result<(), ReportError> {
+) -> Result<FederatedIdentity, ReportError> {
     let namespace = identity.namespace().ok_or(ReportError::MissingNamespace)?;
     let api = Api::<FederatedIdentity>::namespaced(ctx.client.clone(), &namespace);
     apply_status(&api, &identity.name_any(), status)
@@ -986,6 +991,7 @@ mod tests {
             ca_bundles,
             exchanger,
             backoffs: ExchangeBackoffs::default(),
+            recent_statuses: RecentStatuses::default(),
         };
         (Arc::new(ctx), handle)
     }
@@ -1106,6 +1112,57 @@ mod tests {
             .find(|delay| action == Action::requeue(*delay))
             .expect("a requeue at the renewal time");
         assert!((2160..=2640).contains(&renew_in.as_secs()), "{renew_in:?}");
+    }
+
+    #[tokio::test]
+    async fn a_pass_whose_cache_lags_behind_the_status_it_wrote_writes_nothing_again() {
+        // First pass: create the Secret, then write the status; the apiserver answers with the
+        // object at resourceVersion 6.
+        let ring = fixtures::ring();
+        let (ctx, mut handle) = context(&ring, Vec::new());
+        let server = tokio::spawn(async move {
+            let (request, send) = next(&mut handle).await;
+            let mut secret = body_json(request).await;
+            secret["metadata"]["resourceVersion"] = json!("5");
+            send.send_response(respond(StatusCode::CREATED, &secret));
+            let (request, send) = next(&mut handle).await;
+            assert_eq!(request.method(), Method::PATCH, "the report's status write");
+            let mut written = identity_json();
+            written["metadata"]["resourceVersion"] = json!("6");
+            written["status"] = body_json(request).await["status"].clone();
+            send.send_response(respond(StatusCode::OK, &written));
+            let (_event, send) = next(&mut handle).await;
+            send.send_response(respond(StatusCode::OK, &json!({})));
+            handle
+        });
+        let mut stale = identity();
+        stale.metadata.resource_version = Some("4".into());
+        reconcile(Arc::new(stale.clone()), ctx.clone())
+            .await
+            .expect("first pass");
+        let mut handle = server.await.expect("the first pass was served");
+
+        // The Secret's watch event triggers a pass before the status write reached the cache:
+        // the object still has no status, yet neither the status nor the Event is sent again.
+        let pass = tokio::spawn(reconcile(Arc::new(stale), ctx.clone()));
+        assert_no_request(&mut handle).await;
+        pass.await.expect("joins").expect("second pass");
+
+        // Once the cache has caught up, a status that changed since (another writer cleared
+        // it) is the cache's to decide, and fedid restores its own.
+        let mut cleared = identity();
+        cleared.metadata.resource_version = Some("7".into());
+        let pass = tokio::spawn(reconcile(Arc::new(cleared), ctx));
+        let (request, send) = next(&mut handle).await;
+        assert_eq!(
+            request.method(),
+            Method::PATCH,
+            "the status is written again"
+        );
+        send.send_response(respond(StatusCode::OK, &identity_json()));
+        let (_event, send) = next(&mut handle).await;
+        send.send_response(respond(StatusCode::OK, &json!({})));
+        pass.await.expect("joins").expect("third pass");
     }
 
     #[tokio::test]

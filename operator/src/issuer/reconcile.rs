@@ -440,6 +440,7 @@ async fn write_status(
     let api = Api::<IdentityIssuer>::all(ctx.client.clone());
     apply_status(&api, &issuer.name_any(), status)
         .await
+        .map(|_| ())
         .map_err(IssuerError::api("write the IdentityIssuer status"))
 }
 

@@ -108,12 +108,12 @@ impl Context {
 }
 
 /// Server-side-applies `status` to the status subresource of object `name`, as fedid's field
-/// manager: only the fields fedid owns are sent.
+/// manager: only the fields fedid owns are sent. Returns the object as written.
 pub async fn apply_status<K>(
     api: &Api<K>,
     name: &str,
     status: &impl Serialize,
-) -> Result<(), kube::Error>
+) -> Result<K, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -128,7 +128,6 @@ where
         &Patch::Apply(&patch),
     )
     .await
-    .map(|_| ())
 }
 
 /// Whether a reflector store has received its initial list. Never waits: a reconciler holding
