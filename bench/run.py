@@ -23,7 +23,7 @@ target/release/fedid) as the Helm chart's ServiceAccount, and measures, in this 
   pods, exchange   e2e/bench/pods.py and e2e/bench/exchange_minio.py, each on its own cluster
 
 Prints one table (scenario, fedid, anchor, ratio, goal, met?), writes bench/results/<date>.json and
-bench/results/<date>.png. Nothing here fails on a slow machine: goals are reported, not enforced;
+bench/results/<date>.svg. Nothing here fails on a slow machine: goals are reported, not enforced;
 the exit code is non-zero only when a scenario could not be run at all.
 """
 
@@ -1137,9 +1137,19 @@ def print_table(rows: list[dict]) -> str:
     return text
 
 
+def thinned(points: list, limit: int = 400) -> list:
+    """At most about `limit` of `points`, evenly spaced, the last kept (a plot of 10,000 samples
+    as text would be megabytes)."""
+    step = max(1, len(points) // limit)
+    return points[::step] + ([points[-1]] if points and (len(points) - 1) % step else [])
+
+
 def plot(results: dict, raw: dict, path: Path) -> None:
+    """The plot as SVG: text, so it is committed and shown in the README beside the table."""
     import matplotlib
     matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"
+    matplotlib.rcParams["svg.hashsalt"] = "fedid-bench"
     import matplotlib.pyplot as plt
 
     s = results["scenarios"]
@@ -1151,7 +1161,8 @@ def plot(results: dict, raw: dict, path: Path) -> None:
                           ("create -> Secret (idle, single)", raw.get("latency"))):
         if values:
             ordered = sorted(v * 1000 for v in values)
-            ax.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label)
+            cdf = thinned([(v, (i + 1) / len(ordered)) for i, v in enumerate(ordered)])
+            ax.plot([v for v, _ in cdf], [f for _, f in cdf], label=label)
     ax.set_xscale("log")
     ax.set_xlabel("ms")
     ax.set_ylabel("fraction")
@@ -1195,7 +1206,7 @@ def plot(results: dict, raw: dict, path: Path) -> None:
     if rss:
         start = rss[0][0]
         for phase in dict.fromkeys(tag for _, tag, _ in rss):
-            points = [(t - start, kib / 1024) for t, tag, kib in rss if tag == phase]
+            points = thinned([(t - start, kib / 1024) for t, tag, kib in rss if tag == phase], 150)
             ax.plot([p[0] for p in points], [p[1] for p in points], ".", markersize=2, label=phase)
         ax.axhline(64, color="red", linewidth=0.8, linestyle="--", label="64 MiB goal")
         ax.set_xlabel("s")
@@ -1203,7 +1214,7 @@ def plot(results: dict, raw: dict, path: Path) -> None:
         ax.set_title("fedid RSS by phase")
         ax.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
+    figure.savefig(path, format="svg", metadata={"Date": None})
     plt.close(figure)
 
 
@@ -1298,10 +1309,10 @@ def main() -> int:
     bench.results["table_text"] = text
     (args.results_dir / f"{stem}.json").write_text(json.dumps(bench.results, indent=2, default=str) + "\n")
     try:
-        plot(bench.results, raw, args.results_dir / f"{stem}.png")
+        plot(bench.results, raw, args.results_dir / f"{stem}.svg")
     except Exception:  # noqa: BLE001 - the figures are written even when the plot fails
         traceback.print_exc()
-    print(f"\nresults: {args.results_dir / (stem + '.json')}, plot: {args.results_dir / (stem + '.png')}, "
+    print(f"\nresults: {args.results_dir / (stem + '.json')}, plot: {args.results_dir / (stem + '.svg')}, "
           f"{bench.results['seconds']} s, load {bench.results['load_average_at_end']}")
     return 1 if bench.results["errors"] else 0
 

@@ -267,6 +267,10 @@ reasons! {
     // Tampering.
     /// FederatedIdentity Event: the Secret's data was changed outside fedid, which wrote a new token into it.
     SecretRestored,
+
+    // Objects fedid cannot decode.
+    /// FederatedIdentity or IdentityIssuer Event: the stored object does not decode (it was written under an older, looser schema); fedid ignores it until it is fixed.
+    InvalidObject,
 }
 
 impl fmt::Display for Reason {
@@ -428,7 +432,8 @@ mod tests {
                 "KeyRingLost",
                 "URLConflict",
                 "TokenLapsed",
-                "SecretRestored"
+                "SecretRestored",
+                "InvalidObject"
             ]
         );
     }

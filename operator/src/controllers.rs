@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use fedid_core::{
-    conditions::ready_condition,
+    conditions::{EventNote, Severity, ready_condition},
     crd::ExchangeSpec,
     crd::pods::POD_IDENTITY_LABEL,
     crd::{FederatedIdentity, IdentityIssuer, identity::RENEW_REQUESTED_AT_ANNOTATION},
     credentials::secret::IDENTITY_LABEL,
     exchange::{CA_BUNDLE_LABEL, CLIENT_CREDENTIALS_LABEL},
     issuer::{key_store::ISSUER_LABEL, status::IssuerChange},
+    reason::Reason,
 };
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
@@ -41,6 +42,7 @@ use crate::{
     runtime::{
         context::Context,
         metrics::{ConditionLabels, ConditionSample, IdentityLabels, IdentityObservation},
+        undecodable::{Guarded, Report, Reporting, UndecodableObjects, admit},
     },
 };
 
@@ -80,11 +82,21 @@ pub async fn run_controllers(
     let secret_pod_triggers = pod_triggers.clone();
     let identity_pod_triggers = pod_triggers;
     let pods_of_identity = pods.clone();
+    let (invalid_objects, invalid_reports) = mpsc::channel(256);
+    tokio::spawn(report_invalid_objects(ctx.clone(), invalid_reports));
+    let undecodable_identities = Arc::new(UndecodableObjects::new(
+        identities.clone(),
+        Some(Reporting {
+            count: ctx.metrics.invalid_objects("FederatedIdentity"),
+            events: invalid_objects.clone(),
+        }),
+    ));
     let identity_events = watcher(
-        Api::<FederatedIdentity>::all(client.clone()),
+        Api::<Guarded<FederatedIdentity>>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
+    .filter_map(move |event| std::future::ready(admit(&undecodable_identities, event)))
     .modify(|identity| identity.managed_fields_mut().clear())
     .reflect(identity_writer)
     .touched_objects()
@@ -250,27 +262,41 @@ pub async fn run_controllers(
         });
 
     let namespace = ctx.settings.namespace.clone();
-    let issuer_controller = Controller::new(
-        Api::<IdentityIssuer>::all(client.clone()),
+    let (issuers, issuer_writer) = reflector::store::<IdentityIssuer>();
+    let undecodable_issuers = Arc::new(UndecodableObjects::new(
+        issuers.clone(),
+        Some(Reporting {
+            count: ctx.metrics.invalid_objects("IdentityIssuer"),
+            events: invalid_objects,
+        }),
+    ));
+    let issuer_events = watcher(
+        Api::<Guarded<IdentityIssuer>>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(
-        Api::<Secret>::namespaced(client, &namespace),
-        watcher::Config::default().labels(ISSUER_LABEL),
-    )
-    .reconcile_all_on(issuer_rechecks)
-    .with_config(controller::Config::default().concurrency(4))
-    .graceful_shutdown_on(stop)
-    .run(
-        issuer::reconcile,
-        issuer::error_policy,
-        Arc::new(IssuerContext::serving(ctx, issuer_registry)),
-    )
-    .for_each(|result| async move {
-        if let Err(error) = result {
-            debug!(%error, "issuer controller");
-        }
-    });
+    .default_backoff()
+    .filter_map(move |event| std::future::ready(admit(&undecodable_issuers, event)))
+    .modify(|issuer| issuer.managed_fields_mut().clear())
+    .reflect(issuer_writer)
+    .touched_objects();
+    let issuer_controller = Controller::for_stream(issuer_events, issuers)
+        .owns(
+            Api::<Secret>::namespaced(client, &namespace),
+            watcher::Config::default().labels(ISSUER_LABEL),
+        )
+        .reconcile_all_on(issuer_rechecks)
+        .with_config(controller::Config::default().concurrency(4))
+        .graceful_shutdown_on(stop)
+        .run(
+            issuer::reconcile,
+            issuer::error_policy,
+            Arc::new(IssuerContext::serving(ctx, issuer_registry)),
+        )
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                debug!(%error, "issuer controller");
+            }
+        });
     // Without the pod server no pod is injected: the pod controller (and its watch of pods,
     // which needs the rights only the chart's pods.enabled grants) runs only with it.
     let pod_controller = async move {
@@ -279,6 +305,22 @@ pub async fn run_controllers(
         }
     };
     tokio::join!(identity_controller, issuer_controller, pod_controller);
+}
+
+/// Publishes a Warning Event `InvalidObject` for each undecodable object reported.
+async fn report_invalid_objects(ctx: Arc<Context>, mut reports: mpsc::Receiver<Report>) {
+    while let Some((object, problem)) = reports.recv().await {
+        let kind = object.kind.clone().unwrap_or_default();
+        let note = EventNote {
+            severity: Severity::Warning,
+            reason: Reason::InvalidObject,
+            action: "Decode",
+            note: format!(
+                "fedid cannot decode this {kind} and ignores it until it is fixed: {problem}"
+            ),
+        };
+        ctx.publish(&object, note).await;
+    }
 }
 
 /// The hash of an identity's renew request (`fedid.dev/renew-requested-at`), so that a new

@@ -22,6 +22,7 @@ use fedid::{
         context::{Context, Settings},
         leader::{Elector, LeaseTiming},
         metrics::Metrics,
+        undecodable::{Guarded, UndecodableObjects, admit},
     },
     serve::http::{self, AppState, ServerConfig, TlsFiles},
 };
@@ -467,11 +468,14 @@ async fn start_pod_server(
         }
     };
     let (identities, identity_writer) = reflector::store::<FederatedIdentity>();
+    // Undecodable identities stay out; the leader's identity controller reports them.
+    let undecodable = UndecodableObjects::new(identities.clone(), None);
     let identity_cache = watcher(
-        Api::<FederatedIdentity>::all(client.clone()),
+        Api::<Guarded<FederatedIdentity>>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
+    .filter_map(move |event| std::future::ready(admit(&undecodable, event)))
     .modify(|identity| identity.managed_fields_mut().clear())
     .reflect(identity_writer)
     .for_each(|_| async {});

@@ -41,7 +41,10 @@ use fedid_core::{
     },
 };
 
-use crate::runtime::context::is_listed;
+use crate::runtime::{
+    context::is_listed,
+    undecodable::{Guarded, UndecodableObjects, admit},
+};
 
 /// A rendered response body and its entity tag.
 #[derive(Clone, Debug)]
@@ -384,11 +387,14 @@ pub async fn sync_registry(
 ) {
     let (issuer_reader, issuer_writer) = reflector::store::<IdentityIssuer>();
     let (secret_reader, secret_writer) = reflector::store::<Secret>();
+    // Undecodable issuers stay out of the registry; the leader's issuer controller reports them.
+    let undecodable = UndecodableObjects::new(issuer_reader.clone(), None);
     let issuers = watcher(
-        Api::<IdentityIssuer>::all(client.clone()),
+        Api::<Guarded<IdentityIssuer>>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
+    .filter_map(move |event| std::future::ready(admit(&undecodable, event)))
     .modify(|issuer| issuer.managed_fields_mut().clear())
     .reflect(issuer_writer)
     .map(|event| event.map(|_| ()).map_err(|error| ("issuers", error)));

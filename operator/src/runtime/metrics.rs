@@ -112,10 +112,10 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
-/// Labels naming an exchange kind.
+/// Labels naming a kind: of exchange, or of object.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
-    /// `oauth2`, `vault` or `aws`.
+    /// `oauth2`, `vault` or `aws`; `FederatedIdentity` or `IdentityIssuer`.
     pub kind: String,
 }
 
@@ -228,6 +228,7 @@ pub struct Metrics {
     pub rollout_restarts: Family<RolloutLabels, Counter>,
     /// Kubernetes API requests that waited for `--kube-api-qps`, and how long.
     pub kube_api_throttle: ThrottleMetrics,
+    invalid_objects: Family<KindLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -307,6 +308,12 @@ impl Default for Metrics {
             "exchange_duration_seconds",
             "Time one exchange request took, by kind",
             exchange_duration.clone(),
+        );
+        let invalid_objects = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "invalid_objects",
+            "Stored objects fedid cannot decode and ignores, by kind (reported by the leader)",
+            invalid_objects.clone(),
         );
         let kube_api_throttle = ThrottleMetrics::default();
         registry.register(
@@ -413,6 +420,7 @@ impl Default for Metrics {
             exchange_duration,
             exchange_budget_waits,
             kube_api_throttle,
+            invalid_objects,
             credentials_expiry,
             renewal,
             failed_attempts,
@@ -462,6 +470,15 @@ impl Metrics {
     }
 
     /// Renders the OpenMetrics text, first replacing the scrape-time gauges with `identities`
+    /// The gauge of undecodable objects of `kind` (`FederatedIdentity`, `IdentityIssuer`).
+    pub fn invalid_objects(&self, kind: &str) -> Gauge {
+        self.invalid_objects
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .clone()
+    }
+
     /// and `issuers`.
     pub fn render(
         &self,

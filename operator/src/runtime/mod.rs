@@ -5,3 +5,4 @@ pub mod api_rate;
 pub mod context;
 pub mod leader;
 pub mod metrics;
+pub mod undecodable;
