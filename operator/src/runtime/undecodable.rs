@@ -293,3 +293,161 @@ where
         Err(error) => Some(Err(error)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedid_core::crd::FederatedIdentity;
+    use kube::runtime::reflector;
+    use serde_json::json;
+
+    fn decoded(uid: &str, version: &str, lifetime: &str) -> Guarded<FederatedIdentity> {
+        serde_json::from_value(json!({
+            "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
+            "metadata": {"name": uid, "namespace": "team", "uid": uid, "resourceVersion": version},
+            "spec": {"audiences": ["sts.example.com"], "lifetime": lifetime},
+        }))
+        .expect("a guarded identity always decodes")
+    }
+
+    struct Watch {
+        undecodable: UndecodableObjects<FederatedIdentity>,
+        writer: reflector::store::Writer<FederatedIdentity>,
+        cache: Store<FederatedIdentity>,
+        count: Gauge,
+        reports: mpsc::Receiver<Report>,
+    }
+
+    impl Watch {
+        fn new() -> Self {
+            let (cache, writer) = reflector::store::<FederatedIdentity>();
+            let (events, reports) = mpsc::channel(16);
+            let count = Gauge::default();
+            let reporting = Reporting {
+                count: count.clone(),
+                events,
+            };
+            Self {
+                undecodable: UndecodableObjects::new(cache.clone(), Some(reporting)),
+                writer,
+                cache,
+                count,
+                reports,
+            }
+        }
+
+        /// Passes `event` through, into the cache; says what the cache received.
+        fn send(&mut self, event: Event<Guarded<FederatedIdentity>>) -> Option<&'static str> {
+            let admitted = self.undecodable.admit(event)?;
+            let what = match &admitted {
+                Event::Init => "Init",
+                Event::InitApply(_) => "InitApply",
+                Event::InitDone => "InitDone",
+                Event::Apply(_) => "Apply",
+                Event::Delete(_) => "Delete",
+            };
+            self.writer.apply_watcher_event(&admitted);
+            Some(what)
+        }
+
+        fn cached(&self) -> Vec<String> {
+            let mut names: Vec<String> = self
+                .cache
+                .state()
+                .iter()
+                .filter_map(|identity| identity.metadata.name.clone())
+                .collect();
+            names.sort();
+            names
+        }
+
+        fn reported(&mut self) -> Vec<(String, String)> {
+            std::iter::from_fn(|| self.reports.try_recv().ok())
+                .map(|(object, problem)| (object.name.unwrap_or_default(), problem))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn the_problem_names_the_field_and_the_metadata_survives() {
+        let Guarded(result) = decoded("a", "1", "forever");
+        let undecodable = result.expect_err("forever is no duration");
+        assert!(
+            undecodable.problem.starts_with("spec.lifetime: "),
+            "{}",
+            undecodable.problem
+        );
+        assert!(
+            undecodable.problem.contains("forever"),
+            "{}",
+            undecodable.problem
+        );
+        assert_eq!(undecodable.metadata.uid.as_deref(), Some("a"));
+        assert!(decoded("b", "1", "1h").0.is_ok());
+    }
+
+    #[test]
+    fn a_listed_undecodable_object_is_left_out_counted_and_reported_once() {
+        let mut watch = Watch::new();
+        assert_eq!(watch.send(Event::Init), Some("Init"));
+        assert_eq!(
+            watch.send(Event::InitApply(decoded("good", "1", "1h"))),
+            Some("InitApply")
+        );
+        assert_eq!(
+            watch.send(Event::InitApply(decoded("bad", "2", "forever"))),
+            None
+        );
+        assert_eq!(watch.send(Event::InitDone), Some("InitDone"));
+        assert_eq!(watch.cached(), ["good"]);
+        assert_eq!(watch.count.get(), 1);
+        let reported = watch.reported();
+        assert_eq!(reported.len(), 1, "{reported:?}");
+        assert_eq!(reported[0].0, "bad");
+
+        // A relist sees the same version: counted, not reported again.
+        watch.send(Event::Init);
+        watch.send(Event::InitApply(decoded("good", "1", "1h")));
+        watch.send(Event::InitApply(decoded("bad", "2", "forever")));
+        watch.send(Event::InitDone);
+        assert_eq!(watch.count.get(), 1);
+        assert!(watch.reported().is_empty());
+        // A new version is reported again.
+        watch.send(Event::Apply(decoded("bad", "3", "never")));
+        assert_eq!(watch.reported().len(), 1);
+
+        // Fixed: in the cache, no longer counted.
+        assert_eq!(
+            watch.send(Event::Apply(decoded("bad", "4", "1h"))),
+            Some("Apply")
+        );
+        assert_eq!(watch.cached(), ["bad", "good"]);
+        assert_eq!(watch.count.get(), 0);
+    }
+
+    #[test]
+    fn an_object_that_stops_decoding_is_removed_from_the_cache() {
+        let mut watch = Watch::new();
+        watch.send(Event::Init);
+        watch.send(Event::InitApply(decoded("a", "1", "1h")));
+        watch.send(Event::InitDone);
+        assert_eq!(
+            watch.send(Event::Apply(decoded("a", "2", "forever"))),
+            Some("Delete")
+        );
+        assert!(watch.cached().is_empty());
+        assert_eq!(watch.count.get(), 1);
+        // Deleted while undecodable: nothing left to remove, no longer counted.
+        assert_eq!(
+            watch.send(Event::Delete(decoded("a", "3", "forever"))),
+            None
+        );
+        assert_eq!(watch.count.get(), 0);
+        // A relist that no longer lists an undecodable object forgets it.
+        watch.send(Event::Apply(decoded("b", "4", "forever")));
+        assert_eq!(watch.count.get(), 1);
+        watch.send(Event::Init);
+        watch.send(Event::InitDone);
+        assert_eq!(watch.count.get(), 0);
+    }
+}
