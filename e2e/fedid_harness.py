@@ -147,6 +147,8 @@ class Operator:
         return self.get("/readyz").status_code == 200
 
     def stop(self) -> None:
+        """SIGTERM (SIGKILL after 20 s); then this run's log must hold no JWT and no piece of a
+        private key, whichever kubeconfig the operator ran with."""
         if self.process is None:
             return
         self.process.terminate()
@@ -156,6 +158,16 @@ class Operator:
             self.process.kill()
             self.process.wait(timeout=10)
         self.process = None
+        self.assert_log_holds_no_secret()
+
+    def assert_log_holds_no_secret(self) -> None:
+        log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        assert not jwts_in(log), f"a JWT appeared in the operator's log ({self.log_path}): {jwts_in(log)}"
+        try:
+            leaked = private_keys_in(self.cluster, log)
+        except (AssertionError, ValueError, subprocess.SubprocessError):
+            return  # kubectl failed (a test stopped the apiserver): no key rings to compare with
+        assert not leaked, f"private key material in the operator's log ({self.log_path})"
 
     def kill(self) -> None:
         """SIGKILL: no graceful shutdown, no Lease release."""
@@ -300,8 +312,8 @@ def replica_set(cluster: Cluster, operator_namespace: str, namespaces: Iterable[
 
 def private_keys_in(cluster: Cluster, text: str) -> list[str]:
     """Pieces of the issuers' private keys (each base64 line of every key ring's PEM keys, as
-    stored now, and the PEM marker itself) that occur in `text`."""
-    listed = json.loads(cluster.kubectl("get", "secrets", "-n", OPERATOR_NAMESPACE, "-l", "fedid.dev/issuer",
+    stored now in any namespace, and the PEM marker itself) that occur in `text`."""
+    listed = json.loads(cluster.kubectl("get", "secrets", "-A", "-l", "fedid.dev/issuer",
                                         "-o", "json").stdout)["items"]
     pieces = ["PRIVATE KEY-----"]
     for secret in listed:
