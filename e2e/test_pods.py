@@ -783,3 +783,26 @@ def test_an_identity_that_becomes_a_pod_template_removes_its_shared_token(
     status = identity["status"]
     assert "secretName" not in status and "expiresAt" not in status, status
     assert status["issuer"] == ISSUER
+
+
+def test_a_pods_token_is_revoked_within_seconds_when_its_namespace_loses_the_right(
+    cluster: Cluster, pods: PodServer
+) -> None:
+    # The token lasts an hour: its renewal, the pod's next pass without a trigger, is ~40 min away.
+    namespace = new_namespace(cluster, "revoke")
+    create_identity(cluster, namespace, "deploy", {}, lifetime="1h")
+    pod = create_pod(cluster, namespace, pod_manifest(name="job-1", identity="deploy"))
+    secret_name = wait_for_pod_secret(cluster, pod)["metadata"]["name"]
+
+    # The issuer selects namespaces by label: the namespace stops matching.
+    cluster.kubectl("label", "namespace", namespace, "--overwrite", f"{RUN_LABEL}={NOT_ALLOWED}")
+    wait_for("the pod's token Secret to be revoked", lambda: absent(cluster, "secret", secret_name, namespace),
+             timeout=30)
+    wait_for("a Warning NamespaceNotAllowed Event on the pod",
+             lambda: event(cluster, namespace, "job-1", "NamespaceNotAllowed", "Warning"), timeout=30)
+
+    # The right comes back: so does the pod's token, without waiting for a renewal either.
+    cluster.kubectl("label", "namespace", namespace, "--overwrite", f"{RUN_LABEL}={RUN}")
+    restored = wait_for_pod_secret(cluster, pod, timeout=30)
+    claims = verify_token(pods.operator, restored["decoded"]["token"], pods.operator.issuer_url(ISSUER), "sts.example.com")
+    assert claims["pod_uid"] == pod["metadata"]["uid"]

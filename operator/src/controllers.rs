@@ -80,6 +80,11 @@ pub async fn run_controllers(
     .predicate_filter(pod_token_inputs, Default::default());
     let (pod_triggers, pod_triggered) = mpsc::channel::<ObjectRef<Pod>>(4096);
     let secret_pod_triggers = pod_triggers.clone();
+    let policy_pod_triggers = PodRequeue {
+        pods: pods.clone(),
+        triggers: pod_triggers.clone(),
+    };
+    let namespace_pod_triggers = policy_pod_triggers.clone();
     let identity_pod_triggers = pod_triggers;
     let pods_of_identity = pods.clone();
     let (invalid_objects, invalid_reports) = mpsc::channel(256);
@@ -228,11 +233,16 @@ pub async fn run_controllers(
             issuer_change_stream(issuer_changes).flat_map(move |change| {
                 // A full channel or a stopped issuer controller only loses a recheck.
                 let _ = issuers_changed.unbounded_send(());
-                stream::iter(identities_concerned(&mapping_store, &change))
+                let concerned = identities_concerned(&mapping_store, &change);
+                // A pod's own token may be revoked by the change as well: look at those pods now.
+                policy_pod_triggers.requeue_pods_of(&mapping_store, &concerned);
+                stream::iter(concerned)
             }),
         )
         .reconcile_on(namespace_changes.flat_map(move |namespace| {
-            stream::iter(identities_in(&namespace_mapping_store, &namespace))
+            let affected = identities_in(&namespace_mapping_store, &namespace);
+            namespace_pod_triggers.requeue_pods_of(&namespace_mapping_store, &affected);
+            stream::iter(affected)
         }))
         .reconcile_on(
             client_credential_changes.flat_map(move |(namespace, secret)| {
@@ -386,6 +396,36 @@ pub fn pods_using(pods: &Store<Pod>, identity: &FederatedIdentity) -> Vec<Object
         .filter(|pod| fedid_core::pod::identity_name(pod) == Some(name.as_str()))
         .map(|pod| ObjectRef::from_obj(pod.as_ref()))
         .collect()
+}
+
+/// Requeues the pods of pod-template identities, when an issuer or namespace change may have
+/// taken away (or given back) their right to a token.
+#[derive(Clone)]
+struct PodRequeue {
+    pods: Store<Pod>,
+    triggers: mpsc::Sender<ObjectRef<Pod>>,
+}
+
+impl PodRequeue {
+    /// Requeues the pods of those of `concerned` that are pod templates (`spec.pods`). A full
+    /// queue drops a pod, which its next renewal looks at anyway.
+    fn requeue_pods_of(
+        &self,
+        identities: &Store<FederatedIdentity>,
+        concerned: &[ObjectRef<FederatedIdentity>],
+    ) {
+        for reference in concerned {
+            let Some(identity) = identities.get(reference) else {
+                continue;
+            };
+            if identity.spec.pods.is_none() {
+                continue;
+            }
+            for pod in pods_using(&self.pods, &identity) {
+                let _ = self.triggers.try_send(pod);
+            }
+        }
+    }
 }
 
 /// The registry's change notifications as a watch stream.
