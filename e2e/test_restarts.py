@@ -1,0 +1,159 @@
+"""The control plane restarted under two replicas, on a control plane of this module's own (so
+that nothing here can break the session's): kube-apiserver stopped for 20 s (its port refuses
+connections) and started again, then etcd stopped for 20 s and started again (the apiserver up
+but failing every request that needs storage).
+
+Throughout, some replica serves the JWKS from memory; afterwards (with the replicas that exited
+started again, as the kubelet would) a token that expired meanwhile is renewed, an identity
+created after the outage is issued, and the tokens that stayed valid are not rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import CLUSTER_DIR, Cluster, wait_for
+from fedid_harness import Operator, condition, get_json, replica_set
+
+RUN = uuid.uuid4().hex[:6]
+OPERATOR_NS = f"fedid-restarts-{RUN}"
+TEAM = f"restarts-{RUN}"
+ISSUER = f"restarts-{RUN}"
+LEASE_SECONDS = 6
+DOWN_SECONDS = 20
+STEADY = [f"steady-{n}" for n in range(3)]
+
+
+@pytest.fixture(scope="module")
+def own_cluster(cluster: Cluster) -> Iterator[Cluster]:
+    state = Path(tempfile.mkdtemp(prefix="fedid-e2e-restarts-"))
+    started = subprocess.run([str(CLUSTER_DIR / "up"), str(state)], capture_output=True, text=True, timeout=600)
+    assert started.returncode == 0, f"cluster/up failed:\n{started.stdout}\n{started.stderr}"
+    try:
+        yield Cluster(dir=state, bin=cluster.bin)
+    finally:
+        subprocess.run([str(CLUSTER_DIR / "down"), str(state)], timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def replicas(own_cluster: Cluster) -> Iterator[dict[str, Operator]]:
+    with replica_set(own_cluster, OPERATOR_NS, [TEAM], ["restarts-a", "restarts-b"], ISSUER, [TEAM],
+                     LEASE_SECONDS, prepublish="0s") as operators:
+        yield operators
+
+
+def identity(cluster: Cluster, name: str, lifetime: str) -> None:
+    cluster.apply(json.dumps({
+        "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
+        "metadata": {"name": name, "namespace": TEAM},
+        "spec": {"issuerRef": ISSUER, "audiences": ["sts.example.com"], "lifetime": lifetime},
+    }))
+
+
+def served_anywhere(replicas: dict[str, Operator]) -> bool:
+    for operator in replicas.values():
+        if operator.process is None or operator.process.poll() is not None:
+            continue
+        try:
+            if operator.get(f"/issuers/{ISSUER}/.well-known/jwks.json").json()["keys"]:
+                return True
+        except Exception:  # noqa: BLE001 - this replica not answering; the other may
+            continue
+    return False
+
+
+def stop_component(cluster: Cluster, name: str) -> list[str]:
+    """Stops control-plane component `name` (SIGTERM, then SIGKILL) and returns its command line."""
+    pid = int((cluster.dir / "pids" / name).read_text())
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return argv
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    return argv
+
+
+def start_component(cluster: Cluster, name: str, argv: list[str]) -> None:
+    """Starts `name` again with `argv`, as cluster/up did (own session, same log, pid file)."""
+    log = open(cluster.dir / "logs" / f"{name}.log", "ab")
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               start_new_session=True)
+    (cluster.dir / "pids" / name).write_text(str(process.pid))
+
+
+def outage(cluster: Cluster, replicas: dict[str, Operator], component: str) -> dict:
+    """`component` down for DOWN_SECONDS while the JWKS is polled; returns what was seen."""
+    argv = stop_component(cluster, component)
+    polls, unserved = 0, 0
+    try:
+        began = time.monotonic()
+        while time.monotonic() - began < DOWN_SECONDS:
+            polls += 1
+            if not served_anywhere(replicas):
+                unserved += 1
+            time.sleep(0.5)
+    finally:
+        start_component(cluster, component, argv)
+    wait_for(f"the apiserver ready after {component} came back",
+             lambda: cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0, timeout=120)
+    exited = [name for name, operator in replicas.items()
+              if operator.process is not None and operator.process.poll() is not None]
+    # The supervisor's part: start a replica that stopped.
+    for name in exited:
+        replicas[name].process = None
+        replicas[name].start()
+    print(f"\n{component} down {DOWN_SECONDS} s: {polls} polls, {unserved} with no replica serving JWKS; "
+          f"exited: {exited}")
+    return {"polls": polls, "unserved": unserved, "exited": exited}
+
+
+@pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
+def test_a_restarted_control_plane_component_costs_no_token(
+    own_cluster: Cluster, replicas: dict[str, Operator], component: str
+) -> None:
+    cluster = own_cluster
+    for name in STEADY:
+        identity(cluster, name, "1h")
+    short = f"short-{component}"
+    identity(cluster, short, "30s")
+    for name in (*STEADY, short):
+        cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=60s")
+    versions = {name: get_json(cluster, "secret", f"{name}-token", "-n", TEAM)["metadata"]["resourceVersion"]
+                for name in STEADY}
+    before = get_json(cluster, "fid", short, "-n", TEAM)["status"]["expiresAt"]
+
+    seen = outage(cluster, replicas, component)
+    assert seen["unserved"] == 0, f"{seen['unserved']} of {seen['polls']} polls found no replica serving the JWKS"
+
+    # An identity created after the outage is issued.
+    after = f"after-{component}"
+    identity(cluster, after, "1h")
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{after}", "-n", TEAM, "--timeout=90s")
+
+    # The token that expired meanwhile (30 s lifetime, 5 s margin) is renewed.
+    def renewed() -> bool:
+        found = get_json(cluster, "fid", short, "-n", TEAM)
+        ready = condition(found) or {}
+        return found["status"].get("expiresAt") != before and ready.get("status") == "True"
+    wait_for("the short-lived token renewed", renewed, timeout=90)
+
+    # The tokens that stayed valid were not rewritten.
+    after_versions = {name: get_json(cluster, "secret", f"{name}-token", "-n", TEAM)["metadata"]["resourceVersion"]
+                      for name in STEADY}
+    assert after_versions == versions
