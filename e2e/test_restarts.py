@@ -1,11 +1,13 @@
 """The control plane restarted under two replicas, on a control plane of this module's own (so
-that nothing here can break the session's): kube-apiserver stopped for 20 s (its port refuses
-connections) and started again, then etcd stopped for 20 s and started again (the apiserver up
-but failing every request that needs storage).
+that nothing here can break the session's): kube-apiserver stopped for 30 s (its port refuses
+connections) and started again, then etcd stopped for 30 s and started again (the apiserver up
+but failing every request that needs storage), each right after LOAD identities were created.
 
-Throughout, some replica serves the JWKS from memory; afterwards (with the replicas that exited
+Throughout, some replica serves the JWKS from memory and every running replica's `/readyz`
+answers 200 (readiness is about serving, which needs no apiserver); afterwards (with the replicas that exited
 started again, as the kubelet would) a token that expired meanwhile is renewed, an identity
-created after the outage is issued, and the tokens that stayed valid are not rewritten.
+created after the outage and every one of the LOAD identities is issued, and the tokens that
+stayed valid are not rewritten.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ OPERATOR_NS = f"fedid-restarts-{RUN}"
 TEAM = f"restarts-{RUN}"
 ISSUER = f"restarts-{RUN}"
 LEASE_SECONDS = 6
-DOWN_SECONDS = 20
+DOWN_SECONDS = 30
+# Identities created just before each outage, so that it begins while fedid is busy issuing.
+LOAD = 100
 STEADY = [f"steady-{n}" for n in range(3)]
 
 
@@ -100,13 +104,19 @@ def start_component(cluster: Cluster, name: str, argv: list[str]) -> None:
 def outage(cluster: Cluster, replicas: dict[str, Operator], component: str) -> dict:
     """`component` down for DOWN_SECONDS while the JWKS is polled; returns what was seen."""
     argv = stop_component(cluster, component)
-    polls, unserved = 0, 0
+    polls, unserved, not_ready = 0, 0, 0
     try:
         began = time.monotonic()
         while time.monotonic() - began < DOWN_SECONDS:
             polls += 1
             if not served_anywhere(replicas):
                 unserved += 1
+            for operator in replicas.values():
+                if operator.process is not None and operator.process.poll() is None:
+                    try:
+                        not_ready += operator.get("/readyz").status_code != 200
+                    except Exception:  # noqa: BLE001 - it may be exiting after losing the Lease
+                        not_ready += operator.process.poll() is None
             time.sleep(0.5)
     finally:
         start_component(cluster, component, argv)
@@ -118,9 +128,9 @@ def outage(cluster: Cluster, replicas: dict[str, Operator], component: str) -> d
     for name in exited:
         replicas[name].process = None
         replicas[name].start()
-    print(f"\n{component} down {DOWN_SECONDS} s: {polls} polls, {unserved} with no replica serving JWKS; "
-          f"exited: {exited}")
-    return {"polls": polls, "unserved": unserved, "exited": exited}
+    print(f"\n{component} down {DOWN_SECONDS} s: {polls} polls, {unserved} with no replica serving JWKS, "
+          f"{not_ready} /readyz failures; exited: {exited}")
+    return {"polls": polls, "unserved": unserved, "not_ready": not_ready, "exited": exited}
 
 
 @pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
@@ -138,8 +148,14 @@ def test_a_restarted_control_plane_component_costs_no_token(
                 for name in STEADY}
     before = get_json(cluster, "fid", short, "-n", TEAM)["status"]["expiresAt"]
 
+    load = [{"apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
+             "metadata": {"name": f"load-{component}-{n}", "namespace": TEAM},
+             "spec": {"issuerRef": ISSUER, "audiences": ["sts.example.com"], "lifetime": "1h"}} for n in range(LOAD)]
+    cluster.apply(json.dumps({"apiVersion": "v1", "kind": "List", "items": load}))
+
     seen = outage(cluster, replicas, component)
     assert seen["unserved"] == 0, f"{seen['unserved']} of {seen['polls']} polls found no replica serving the JWKS"
+    assert seen["not_ready"] == 0, f"{seen['not_ready']} /readyz failures"
 
     # An identity created after the outage is issued.
     after = f"after-{component}"
@@ -152,6 +168,13 @@ def test_a_restarted_control_plane_component_costs_no_token(
         ready = condition(found) or {}
         return found["status"].get("expiresAt") != before and ready.get("status") == "True"
     wait_for("the short-lived token renewed", renewed, timeout=90)
+
+    # Every identity of the load is issued.
+    def load_issued() -> bool:
+        listed = get_json(cluster, "fid", "-n", TEAM)["items"]
+        mine = [i for i in listed if i["metadata"]["name"].startswith(f"load-{component}-")]
+        return len(mine) == LOAD and all((condition(i) or {}).get("status") == "True" for i in mine)
+    wait_for(f"all {LOAD} identities of the load issued", load_issued, timeout=180, interval=1)
 
     # The tokens that stayed valid were not rewritten.
     after_versions = {name: get_json(cluster, "secret", f"{name}-token", "-n", TEAM)["metadata"]["resourceVersion"]
