@@ -452,6 +452,13 @@ class Bench:
         self.rss.pid = self.fedid.process.pid
         return self.fedid.ready_after_s
 
+    def owned_identities(self) -> int:
+        """The identities (with their Secrets) this run created before the memory and rotation
+        scenarios: the throughput ones and, when the latency scenario ran, its samples."""
+        ran = self.results["scenarios"]
+        return (self.size["identities"] if "throughput" in ran else 0) + \
+            (self.size["latency_samples"] if "latency" in ran else 0)
+
     def restart_fedid_with(self, flags: list[str]) -> None:
         """Restarts fedid with `flags` added to its usual arguments."""
         self.fedid.stop()
@@ -829,7 +836,7 @@ class Bench:
                             "fedid_cpu_s_while_settling": cpu.get("fedid"), "load": load()},
                 "memory": {"rss_mib_after_settle": round(memory["VmRSS"] / 1024, 1),
                            "peak_mib_since_restart": round(memory["VmHWM"] / 1024, 1),
-                           "owned_identities": self.size["identities"] + self.size["latency_samples"],
+                           "owned_identities": self.owned_identities(),
                            "unrelated_secrets": count + self.size["identities"]}}
 
     def rotation(self) -> dict:
@@ -859,7 +866,7 @@ class Bench:
         ended = time.time()
         cpu = meter.stop()
         writes = self.audit.between(began, ended)
-        result["nothing_due"] = {"identities": self.size["identities"] + self.size["latency_samples"],
+        result["nothing_due"] = {"identities": self.owned_identities(),
                                  "identity_reconciles": last, "seconds_until_quiet": round(ended - began - 3, 1),
                                  "fedid_writes": writes["writes"], "fedid_writes_by_verb_resource":
                                      writes["by_verb_resource"], "fedid_cpu_s": cpu.get("fedid"), "load": load()}

@@ -220,6 +220,9 @@ def main() -> None:
             started = time.time()
             cluster.kubectl("patch", "identityissuer", issuer, "--type=merge", "-p",
                             json.dumps({"spec": {"exchange": {"allowedEndpoints": [f"{proxy.url}/"]}}}))
+            # The proxy's count first: polling `kubectl get fid` over every identity each second would
+            # cost the apiserver (and kubectl) CPU in fedid's phase only.
+            wait_until("every identity exchanged", lambda: len(proxy.requests) >= args.identities, 1800)
             wait_until("every identity Ready", lambda: ready_count(cluster, namespace) >= args.identities, 1800)
             done = time.time()
             fedid_cpu = meter.stop()

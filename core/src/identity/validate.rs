@@ -44,11 +44,14 @@ pub enum IdentitySpecError {
     /// The (possibly defaulted) Secret name is not a DNS-1123 subdomain.
     #[error(
         "secret name {name:?} is not a valid DNS-1123 subdomain (lowercase letters, digits, \
-         '-' and '.', at most 253 characters)"
+         '-' and '.', at most 253 characters){hint}",
+        hint = if *defaulted { "; it is the identity's name plus \"-token\": set spec.secretName" } else { "" }
     )]
     InvalidSecretName {
         /// The offending name.
         name: String,
+        /// Whether the name is the default (`<identity>-token`) rather than `spec.secretName`.
+        defaulted: bool,
     },
 }
 
@@ -120,7 +123,10 @@ pub fn validate_identity_spec(
         .clone()
         .unwrap_or_else(|| default_secret_name(name));
     if !is_dns_subdomain(&secret_name) {
-        return Err(IdentitySpecError::InvalidSecretName { name: secret_name });
+        return Err(IdentitySpecError::InvalidSecretName {
+            name: secret_name,
+            defaulted: spec.secret_name.is_none(),
+        });
     }
     Ok(ValidatedSpec {
         lifetime,
@@ -409,11 +415,16 @@ mod tests {
             Err("InvalidSecretName")
         );
         let long_name = "a".repeat(250);
-        assert_eq!(
-            validate(json!({"audiences": ["a"]}), &long_name)
-                .map_err(|error| error.reason().as_str()),
-            Err("InvalidSecretName")
+        let too_long = validate(json!({"audiences": ["a"]}), &long_name)
+            .expect_err("the default Secret name is too long");
+        assert_eq!(too_long.reason().as_str(), "InvalidSecretName");
+        assert!(
+            too_long.to_string().ends_with("set spec.secretName"),
+            "{too_long}"
         );
+        let bad_explicit = validate(json!({"audiences": ["a"], "secretName": "Bad_Name"}), "web")
+            .expect_err("an invalid explicit name");
+        assert!(!bad_explicit.to_string().contains("set spec.secretName"));
         assert_eq!(
             validate(
                 json!({"audiences": ["a"], "claims": [{"name": "cluster", "string": "dev"}]}),
