@@ -172,24 +172,22 @@ impl Elector {
                 Err(_) => {
                     warn!(lease = %self.name, ?budget, "leader election: the apiserver did not answer in time");
                 }
-                Ok(held) => match held {
-                    Ok(true) => {
-                        if last_renewal.is_none() {
-                            info!(lease = %self.name, identity = %self.identity, "became the leader");
-                        }
-                        last_renewal = Some(std::time::Instant::now());
-                        leading.send_replace(true);
+                Ok(Ok(true)) => {
+                    if last_renewal.is_none() {
+                        info!(lease = %self.name, identity = %self.identity, "became the leader");
                     }
-                    Ok(false) => {
-                        if last_renewal.is_some() {
-                            leading.send_replace(false);
-                            return Err(self.lost());
-                        }
-                    }
-                    Err(error) => {
-                        warn!(lease = %self.name, %error, "leader election: Lease update failed")
-                    }
-                },
+                    last_renewal = Some(std::time::Instant::now());
+                    leading.send_replace(true);
+                }
+                Ok(Ok(false)) if last_renewal.is_some() => {
+                    leading.send_replace(false);
+                    return Err(self.lost());
+                }
+                // Another replica holds it and this one never did: keep campaigning.
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => {
+                    warn!(lease = %self.name, %error, "leader election: Lease update failed")
+                }
             }
             if last_renewal.is_some_and(|renewed| renewed.elapsed() > self.timing.renew_deadline) {
                 leading.send_replace(false);
