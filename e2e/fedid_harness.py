@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conftest import REPO_ROOT, Cluster, wait_for
+from peers.recorder import Recorder, oauth2_token_endpoint
 
 OPERATOR_NAMESPACE = "fedid-system"
 
@@ -409,3 +410,12 @@ def jwts_in(text: str) -> list[str]:
 
 def fedid_binary() -> Path:
     return Path(os.environ.get("FEDID_BIN", REPO_ROOT / "target" / "debug" / "fedid"))
+
+
+@contextmanager
+def token_service(directory: Path) -> Iterator[tuple[Recorder, str]]:
+    """A recording OAuth 2.0 token endpoint (`peers.recorder.oauth2_token_endpoint`) over HTTPS
+    with a certificate of its own in `directory`: the recorder and the CA's PEM."""
+    ca, cert, key = write_serving_certificate(directory)
+    with Recorder(cert, key, handler=oauth2_token_endpoint()) as recorder:
+        yield recorder, ca.read_text()

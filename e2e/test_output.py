@@ -12,7 +12,6 @@ import datetime
 import json
 import time
 import uuid
-from itertools import count
 from typing import Iterator
 
 import pytest
@@ -25,25 +24,20 @@ from fedid_harness import (
     events_for,
     get_json,
     secret_data,
+    token_service,
     verify_token,
-    write_serving_certificate,
 )
-from peers.recorder import Recorded, Recorder, Reply
+from peers.recorder import Recorder
 
 RUN = uuid.uuid4().hex[:6]
 TEAM = f"output-{RUN}"
 ISSUER = f"output-{RUN}"
 
 
-def token_service(_: Recorded, issued=count(1)) -> Reply:
-    return Reply(200, {"access_token": f"at-{next(issued)}", "token_type": "Bearer", "expires_in": 600})
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Recorder, str]]:
-    ca, cert, key = write_serving_certificate(tmp_path_factory.mktemp("token-service"))
-    with Recorder(cert, key, handler=token_service) as recorder:
-        yield recorder, ca.read_text()
+    with token_service(tmp_path_factory.mktemp("token-service")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import subprocess
 import tempfile
 import time
 import uuid
-from itertools import count
 from pathlib import Path
 from typing import Iterator
 
@@ -30,27 +29,20 @@ from fedid_harness import (
     get_json,
     jwts_in,
     secret_data,
+    token_service,
     verify_token,
-    write_serving_certificate,
 )
-from peers.recorder import Recorded, Recorder, Reply
+from peers.recorder import Recorder
 
 RUN = uuid.uuid4().hex[:6]
 TEAM = f"plugin-{RUN}"
 ISSUER = f"plugin-{RUN}"
 
 
-def token_service(seen: Recorded, issued=count(1)) -> Reply:
-    if seen.path.endswith("/reject"):
-        return Reply(400, {"error": "invalid_grant", "error_description": "the subject is not allowed"})
-    return Reply(200, {"access_token": f"at-{next(issued)}", "token_type": "Bearer", "expires_in": 600})
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Recorder, str]]:
-    ca, cert, key = write_serving_certificate(tmp_path_factory.mktemp("token-service"))
-    with Recorder(cert, key, handler=token_service) as recorder:
-        yield recorder, ca.read_text()
+    with token_service(tmp_path_factory.mktemp("token-service")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ Retry-After, malformed and slow replies, redirects)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import ssl
 import threading
@@ -129,3 +130,17 @@ class Recorder:
 def forward(_: Recorded) -> Reply:
     """The handler of a transparent proxy."""
     return Reply(status=0)
+
+
+def oauth2_token_endpoint() -> Callable[[Recorded], Reply]:
+    """The handler of a minimal OAuth 2.0 token endpoint: each request gets a new access token
+    (`at-1`, `at-2`, ...) valid 600 s, except at a path ending in `/reject`, which answers
+    `invalid_grant`."""
+    issued = itertools.count(1)
+
+    def answer(seen: Recorded) -> Reply:
+        if seen.path.endswith("/reject"):
+            return Reply(400, {"error": "invalid_grant", "error_description": "the subject is not allowed"})
+        return Reply(200, {"access_token": f"at-{next(issued)}", "token_type": "Bearer", "expires_in": 600})
+
+    return answer
