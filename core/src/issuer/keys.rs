@@ -488,6 +488,17 @@ impl KeyRing {
             .collect()
     }
 
+    /// How long [`published_keys`](Self::published_keys) at `now` stays what it is: the
+    /// earliest time after `now` at which a published key leaves the JWKS, or `None` when no key
+    /// is due to leave (the set then changes only with the ring itself).
+    pub fn published_until(&self, policy: &RotationPolicy, now: Timestamp) -> Option<Timestamp> {
+        self.keys
+            .iter()
+            .filter_map(|key| self.removal_at(&key.kid, policy))
+            .filter(|removal| *removal > now)
+            .min()
+    }
+
     /// Keys that activate after `now`.
     fn pending_keys(&self, now: Timestamp) -> impl Iterator<Item = &KeyRecord> {
         self.keys.iter().filter(move |key| key.activates_at > now)
@@ -999,6 +1010,38 @@ mod tests {
         );
         assert_eq!(published(75), ["b"]);
         assert_eq!(published(500), ["b"]);
+    }
+
+    #[test]
+    fn the_published_set_holds_until_the_next_removal() {
+        // b activates at 50, c at 100: a leaves at 75, b at 125.
+        let ring = ring(vec![key("a", 0), key("b", 50), key("c", 100)]);
+        let policy = policy();
+        for (hour, until) in [
+            (10, Some(75)),
+            (74, Some(75)),
+            (75, Some(125)),
+            (124, Some(125)),
+        ] {
+            assert_eq!(
+                ring.published_until(&policy, at_hour(hour)),
+                until.map(at_hour),
+                "at hour {hour}"
+            );
+        }
+        assert_eq!(ring.published_until(&policy, at_hour(125)), None);
+        // Up to that time the set is the same as at the start; at it, it changes.
+        let published = |hour| kids(&ring.published_keys(&policy, at_hour(hour)));
+        let just_before = plus(at_hour(75), SignedDuration::from_secs(-1));
+        assert_eq!(
+            kids(&ring.published_keys(&policy, just_before)),
+            published(10)
+        );
+        assert_ne!(published(75), published(10));
+        assert_eq!(
+            ring.published_until(&policy, at_hour(10)),
+            Some(at_hour(75))
+        );
     }
 
     #[test]

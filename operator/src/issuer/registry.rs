@@ -14,7 +14,7 @@ use std::{
     },
 };
 
-use axum::body::Bytes;
+use axum::{body::Bytes, http::HeaderValue};
 use futures::{StreamExt, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -53,12 +53,18 @@ pub struct ServedDocument {
     pub body: Bytes,
     /// Strong, quoted ETag of the body.
     pub etag: String,
+    /// The same ETag as a header value, built once rather than per request.
+    pub etag_header: HeaderValue,
 }
 
 impl ServedDocument {
     fn new(body: Vec<u8>) -> Self {
+        let etag = etag(&body);
         Self {
-            etag: etag(&body),
+            // A quoted hex digest is always a valid header value.
+            etag_header: HeaderValue::from_str(&etag)
+                .unwrap_or_else(|_| HeaderValue::from_static("\"\"")),
+            etag,
             body: Bytes::from(body),
         }
     }
@@ -70,7 +76,7 @@ impl ServedDocument {
 }
 
 /// The discovery document and JWKS of an issuer for one set of published keys.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ServedDocuments {
     /// Key ids published in `jwks`, in activation order.
     pub kids: Vec<String>,
@@ -80,6 +86,11 @@ pub struct ServedDocuments {
     pub jwks: ServedDocument,
     /// `Cache-Control: max-age` for both, in seconds.
     pub max_age_seconds: u64,
+    /// `Cache-Control: public, max-age=…` as a header value, built once.
+    pub cache_control: HeaderValue,
+    /// Until when these documents are current: when the next published key leaves the JWKS
+    /// (`None`: until the key ring changes, which replaces the loaded issuer).
+    pub valid_until: Option<Timestamp>,
 }
 
 /// Why an issuer cannot sign or serve; the typed cause is kept for the identities' conditions.
@@ -230,16 +241,28 @@ impl LoadedIssuer {
     /// Rendered once per distinct set of published keys.
     pub fn documents(&self, now: Timestamp) -> Option<Arc<ServedDocuments>> {
         let config = self.config.as_ref().ok()?;
+        let mut cache = self
+            .documents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The common case, once per request: the documents rendered last are still current.
+        if let Some(cached) = cache
+            .as_ref()
+            .filter(|cached| cached.valid_until.is_none_or(|until| now < until))
+        {
+            return Some(cached.clone());
+        }
         let published = self.ring.published_keys(&config.rotation, now);
         if published.is_empty() {
             return None;
         }
         let kids: Vec<String> = published.iter().map(|key| key.kid.clone()).collect();
-        let mut cache = self
-            .documents
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(cached) = cache.as_ref().filter(|cached| cached.kids == kids) {
+        let valid_until = self.ring.published_until(&config.rotation, now);
+        if let Some(cached) = cache.as_mut().filter(|cached| cached.kids == kids) {
+            // The same keys: keep the documents (and their ETags), extend their validity.
+            let mut extended = ServedDocuments::clone(cached);
+            extended.valid_until = valid_until;
+            *cached = Arc::new(extended);
             return Some(cached.clone());
         }
         let documents = match render_documents(config, &published) {
@@ -249,11 +272,15 @@ impl LoadedIssuer {
                 return None;
             }
         };
+        let max_age_seconds = config.cache_max_age().as_secs();
         let rendered = Arc::new(ServedDocuments {
             kids,
             discovery: ServedDocument::new(documents.discovery),
             jwks: ServedDocument::new(documents.jwks),
-            max_age_seconds: config.cache_max_age().as_secs(),
+            max_age_seconds,
+            cache_control: HeaderValue::from_str(&format!("public, max-age={max_age_seconds}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("public")),
+            valid_until,
         });
         *cache = Some(rendered.clone());
         Some(rendered)
@@ -443,6 +470,53 @@ mod tests {
         let (store, mut writer) = reflector::store::<Secret>();
         writer.apply_watcher_event(&watcher::Event::Apply(secret));
         store
+    }
+
+    #[test]
+    fn documents_are_rendered_once_and_again_when_a_key_leaves_the_jwks() {
+        // Two keys: the second took over an hour ago, so the first leaves the JWKS when the
+        // tokens it signed have expired (the default maximum lifetime plus the margin).
+        let now = fedid_core::time::whole_seconds(Timestamp::now());
+        let mut ring = fixtures::ring();
+        let mut older = ring.keys[0].clone();
+        older.kid = "older".into();
+        older.activates_at = fedid_core::time::minus(now, jiff::SignedDuration::from_hours(2));
+        ring.keys[0].activates_at =
+            fedid_core::time::minus(now, jiff::SignedDuration::from_hours(1));
+        ring.keys.push(older);
+        let issuer = fixtures::issuer("ci", json!({"issuerURL": "https://fedid.example.com/ci"}));
+        let registry = fixtures::registry(vec![(issuer, Some(ring))]);
+        let loaded = registry.get("ci").expect("loaded");
+
+        let first = loaded.documents(now).expect("documents");
+        let until = first
+            .valid_until
+            .expect("the older key leaves at some point");
+        assert!(until > now);
+        assert_eq!(first.kids.len(), 2);
+        assert_eq!(
+            first.cache_control.to_str().ok(),
+            Some("public, max-age=3600")
+        );
+        assert_eq!(
+            first.jwks.etag_header.to_str().ok(),
+            Some(first.jwks.etag.as_str())
+        );
+        // Served again from the cache, without rendering, until then.
+        let before = fedid_core::time::minus(until, jiff::SignedDuration::from_secs(1));
+        assert!(Arc::ptr_eq(
+            &first,
+            &loaded.documents(before).expect("documents")
+        ));
+        // At that time the older key is gone from a new JWKS with a new ETag.
+        let after = loaded.documents(until).expect("documents");
+        assert_eq!(after.kids.len(), 1);
+        assert_ne!(after.jwks.etag, first.jwks.etag);
+        assert_eq!(after.valid_until, None);
+        assert!(Arc::ptr_eq(
+            &after,
+            &loaded.documents(until).expect("documents")
+        ));
     }
 
     #[test]

@@ -266,14 +266,18 @@ async fn issuer_document(
     };
     respond(
         document,
-        documents.max_age_seconds,
+        &documents.cache_control,
         &headers,
         method == Method::HEAD,
     )
 }
 
-fn respond(document: &ServedDocument, max_age: u64, request: &HeaderMap, head: bool) -> Response {
-    let cache_control = format!("public, max-age={max_age}");
+fn respond(
+    document: &ServedDocument,
+    cache_control: &HeaderValue,
+    request: &HeaderMap,
+    head: bool,
+) -> Response {
     let not_modified = request
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -295,12 +299,8 @@ fn respond(document: &ServedDocument, max_age: u64, request: &HeaderMap, head: b
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Ok(value) = HeaderValue::from_str(&cache_control) {
-        headers.insert(header::CACHE_CONTROL, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&document.etag) {
-        headers.insert(header::ETAG, value);
-    }
+    headers.insert(header::CACHE_CONTROL, cache_control.clone());
+    headers.insert(header::ETAG, document.etag_header.clone());
     response
 }
 
