@@ -17,6 +17,8 @@ target/release/fedid) as the Helm chart's ServiceAccount, and measures, in this 
               writes after it, RSS after settling and its peak
   rotation    a forced key rotation of the N identities' issuer (nothing due: what it costs), then
               R identities of another issuer until every one signs with the new key
+              (fedid restarted with --kube-api-qps 100 --kube-api-burst 100, 25/25 with --quick:
+              the busiest second of writes must stay within qps + burst)
   signing     core/examples/signing.rs: fedid's mint path against raw aws-lc-rs RS256 signatures on
               one thread (and jsonwebtoken::encode, the path before the parsed-key signer), plus
               fedid's own signing histogram at idle and `openssl speed rsa2048` as references

@@ -419,3 +419,39 @@ def token_service(directory: Path) -> Iterator[tuple[Recorder, str]]:
     ca, cert, key = write_serving_certificate(directory)
     with Recorder(cert, key, handler=oauth2_token_endpoint()) as recorder:
         yield recorder, ca.read_text()
+
+
+def create_issuer(cluster: Cluster, operator: Operator, name: str, namespaces: Iterable[str]) -> None:
+    """IdentityIssuer `name` served by `operator`, allowing `namespaces` by name, keys published
+    at once (no prepublish period); returns once it is Ready. The apply is retried until the
+    apiserver has the CRD's schema."""
+    issuer = {
+        "apiVersion": "fedid.dev/v1alpha1", "kind": "IdentityIssuer", "metadata": {"name": name},
+        "spec": {"issuerURL": operator.issuer_url(name), "signing": {"prepublishPeriod": "0s"},
+                 "allowedNamespaces": {"names": list(namespaces)}},
+    }
+    wait_for("the issuer to be accepted", lambda: cluster.apply(json.dumps(issuer)).returncode == 0)
+    cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{name}", "--timeout=60s")
+
+
+def identity_manifest(namespace: str, name: str, issuer: str, audience: str = "sts.example.com",
+                      **spec: object) -> dict:
+    """A FederatedIdentity of `issuer` for `audience`, with any other `spec` fields."""
+    return {
+        "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"issuerRef": issuer, "audiences": [audience], **spec},
+    }
+
+
+def jwks_served_by_any(operators: Iterable[Operator], issuer: str) -> bool:
+    """Whether some running operator of `operators` answers with `issuer`'s JWKS, keys in it."""
+    for operator in operators:
+        if operator.process is None or operator.process.poll() is not None:
+            continue
+        try:
+            if operator.get(f"/issuers/{issuer}/.well-known/jwks.json").json()["keys"]:
+                return True
+        except Exception:  # noqa: BLE001 - this one not answering; another may
+            continue
+    return False

@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 
 from conftest import Cluster, wait_for
-from fedid_harness import Operator, chart_operator, condition, get_json
+from fedid_harness import Operator, chart_operator, condition, create_issuer, get_json, identity_manifest
 
 RUN = uuid.uuid4().hex[:6]
 TEAM = f"api-budget-{RUN}"
@@ -32,18 +32,7 @@ WRITES_EACH = 2
 def operator(cluster: Cluster) -> Iterator[Operator]:
     budget = ["--kube-api-qps", str(QPS), "--kube-api-burst", str(BURST)]
     with chart_operator(cluster, "fedid-api-budget", [TEAM], budget) as running:
-        issuer = {
-            "apiVersion": "fedid.dev/v1alpha1",
-            "kind": "IdentityIssuer",
-            "metadata": {"name": ISSUER},
-            "spec": {
-                "issuerURL": running.issuer_url(ISSUER),
-                "signing": {"prepublishPeriod": "0s"},
-                "allowedNamespaces": {"names": [TEAM]},
-            },
-        }
-        wait_for("the issuer to be accepted", lambda: cluster.apply(json.dumps(issuer)).returncode == 0)
-        cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{ISSUER}", "--timeout=60s")
+        create_issuer(cluster, running, ISSUER, [TEAM])
         yield running
     cluster.kubectl("delete", "identityissuer", ISSUER, "--wait=false", check=False)
     cluster.kubectl("delete", "namespace", TEAM, "--wait=false", check=False)
@@ -53,15 +42,7 @@ def test_identities_are_issued_no_faster_than_the_budget_allows(cluster: Cluster
     throttled_before = operator.metric("fedid_kube_api_throttled_requests_total")
     # Let the bucket refill after the issuer's own requests: the bound below assumes a full burst.
     time.sleep(BURST / QPS + 0.5)
-    manifests = [
-        {
-            "apiVersion": "fedid.dev/v1alpha1",
-            "kind": "FederatedIdentity",
-            "metadata": {"name": f"budget-{n}", "namespace": TEAM},
-            "spec": {"issuerRef": ISSUER, "audiences": ["sts.example.com"], "lifetime": "1h"},
-        }
-        for n in range(IDENTITIES)
-    ]
+    manifests = [identity_manifest(TEAM, f"budget-{n}", ISSUER, lifetime="1h") for n in range(IDENTITIES)]
     created = time.monotonic()
     cluster.apply(json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
 

@@ -18,7 +18,16 @@ from typing import Iterator
 import pytest
 
 from conftest import Cluster, wait_for
-from fedid_harness import Operator, chart_operator, condition, get_json, secret_data, verify_token
+from fedid_harness import (
+    Operator,
+    chart_operator,
+    condition,
+    create_issuer,
+    get_json,
+    identity_manifest,
+    secret_data,
+    verify_token,
+)
 
 RUN = uuid.uuid4().hex[:6]
 # 63 characters: the longest namespace name.
@@ -34,13 +43,7 @@ LONG_NAME = "a" * 240 + f"-{RUN}" + "z" * (253 - 240 - 1 - len(RUN))
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster) -> Iterator[Operator]:
     with chart_operator(cluster, "fedid-limits", [LONG_NAMESPACE, CROWDED]) as running:
-        issuer = {
-            "apiVersion": "fedid.dev/v1alpha1", "kind": "IdentityIssuer", "metadata": {"name": ISSUER},
-            "spec": {"issuerURL": running.issuer_url(ISSUER), "signing": {"prepublishPeriod": "0s"},
-                     "allowedNamespaces": {"names": [LONG_NAMESPACE, CROWDED]}},
-        }
-        wait_for("the issuer to be accepted", lambda: cluster.apply(json.dumps(issuer)).returncode == 0)
-        cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{ISSUER}", "--timeout=60s")
+        create_issuer(cluster, running, ISSUER, [LONG_NAMESPACE, CROWDED])
         yield running
     cluster.kubectl("delete", "identityissuer", ISSUER, "--wait=false", check=False)
     for namespace in (LONG_NAMESPACE, CROWDED):
@@ -48,11 +51,7 @@ def operator(cluster: Cluster) -> Iterator[Operator]:
 
 
 def identity(namespace: str, name: str, **spec: object) -> dict:
-    return {
-        "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"issuerRef": ISSUER, "audiences": [AUDIENCE], **spec},
-    }
+    return identity_manifest(namespace, name, ISSUER, AUDIENCE, **spec)
 
 
 def test_names_at_the_length_limits(cluster: Cluster, operator: Operator) -> None:

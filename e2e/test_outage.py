@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 
 from conftest import Cluster, wait_for
-from fedid_harness import Operator, condition, events_for, get_json, replica_set
+from fedid_harness import Operator, condition, events_for, get_json, identity_manifest, jwks_served_by_any, replica_set
 
 RUN = uuid.uuid4().hex[:6]
 OPERATOR_NS = f"fedid-outage-{RUN}"
@@ -37,11 +37,7 @@ def replicas(cluster: Cluster) -> Iterator[dict[str, Operator]]:
 
 
 def identity(cluster: Cluster, name: str, lifetime: str) -> None:
-    cluster.apply(json.dumps({
-        "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
-        "metadata": {"name": name, "namespace": TEAM},
-        "spec": {"issuerRef": ISSUER, "audiences": ["sts.example.com"], "lifetime": lifetime},
-    }))
+    cluster.apply(json.dumps(identity_manifest(TEAM, name, ISSUER, lifetime=lifetime)))
 
 
 def lease_holder(cluster: Cluster) -> str | None:
@@ -55,15 +51,7 @@ def apiserver_pid(cluster: Cluster) -> int:
 
 
 def served_anywhere(replicas: dict[str, Operator]) -> bool:
-    for operator in replicas.values():
-        if operator.process is None or operator.process.poll() is not None:
-            continue
-        try:
-            if operator.get(f"/issuers/{ISSUER}/.well-known/jwks.json").json()["keys"]:
-                return True
-        except Exception:  # noqa: BLE001 - this replica not answering; the other may
-            continue
-    return False
+    return jwks_served_by_any(replicas.values(), ISSUER)
 
 
 def test_an_outage_keeps_serving_renews_the_lapsed_and_rewrites_nothing_else(

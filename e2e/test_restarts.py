@@ -25,7 +25,7 @@ from typing import Iterator
 import pytest
 
 from conftest import CLUSTER_DIR, Cluster, wait_for
-from fedid_harness import Operator, condition, get_json, replica_set
+from fedid_harness import Operator, condition, get_json, identity_manifest, jwks_served_by_any, replica_set
 
 RUN = uuid.uuid4().hex[:6]
 OPERATOR_NS = f"fedid-restarts-{RUN}"
@@ -57,23 +57,11 @@ def replicas(own_cluster: Cluster) -> Iterator[dict[str, Operator]]:
 
 
 def identity(cluster: Cluster, name: str, lifetime: str) -> None:
-    cluster.apply(json.dumps({
-        "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
-        "metadata": {"name": name, "namespace": TEAM},
-        "spec": {"issuerRef": ISSUER, "audiences": ["sts.example.com"], "lifetime": lifetime},
-    }))
+    cluster.apply(json.dumps(identity_manifest(TEAM, name, ISSUER, lifetime=lifetime)))
 
 
 def served_anywhere(replicas: dict[str, Operator]) -> bool:
-    for operator in replicas.values():
-        if operator.process is None or operator.process.poll() is not None:
-            continue
-        try:
-            if operator.get(f"/issuers/{ISSUER}/.well-known/jwks.json").json()["keys"]:
-                return True
-        except Exception:  # noqa: BLE001 - this replica not answering; the other may
-            continue
-    return False
+    return jwks_served_by_any(replicas.values(), ISSUER)
 
 
 def stop_component(cluster: Cluster, name: str) -> list[str]:
@@ -148,9 +136,7 @@ def test_a_restarted_control_plane_component_costs_no_token(
                 for name in STEADY}
     before = get_json(cluster, "fid", short, "-n", TEAM)["status"]["expiresAt"]
 
-    load = [{"apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
-             "metadata": {"name": f"load-{component}-{n}", "namespace": TEAM},
-             "spec": {"issuerRef": ISSUER, "audiences": ["sts.example.com"], "lifetime": "1h"}} for n in range(LOAD)]
+    load = [identity_manifest(TEAM, f"load-{component}-{n}", ISSUER, lifetime="1h") for n in range(LOAD)]
     cluster.apply(json.dumps({"apiVersion": "v1", "kind": "List", "items": load}))
 
     seen = outage(cluster, replicas, component)

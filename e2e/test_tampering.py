@@ -278,10 +278,22 @@ def test_a_lost_key_ring_is_replaced_and_every_token_reissued(cluster: Cluster, 
 
 def test_the_chart_can_protect_the_key_rings(cluster: Cluster, operator: Operator, tmp_path) -> None:
     """keyRingProtection.enabled: the real apiserver refuses an admin's delete or edit of a key
-    ring, while fedid's ServiceAccount (impersonated, server-side dry run) may still replace it."""
+    ring, while fedid's ServiceAccount and the users in keyRingProtection.allowedUsers
+    (impersonated, server-side dry run) may still replace it; another ServiceAccount with the
+    same RBAC rights may not."""
     from fedid_harness import OPERATOR_NAMESPACE, install_chart_service_account
     ring = key_ring(BY_NAME)
-    install_chart_service_account(cluster, OPERATOR_NAMESPACE, tmp_path, values=("keyRingProtection.enabled=true",))
+    restore, other = f"restore-{RUN}", f"other-{RUN}"
+    for account in (restore, other):
+        cluster.kubectl("create", "serviceaccount", account, "-n", OPERATOR_NAMESPACE)
+    cluster.kubectl("create", "role", f"ring-editor-{RUN}", "-n", OPERATOR_NAMESPACE,
+                    "--verb=get,delete,patch", "--resource=secrets")
+    cluster.kubectl("create", "rolebinding", f"ring-editor-{RUN}", "-n", OPERATOR_NAMESPACE,
+                    f"--role=ring-editor-{RUN}", f"--serviceaccount={OPERATOR_NAMESPACE}:{restore}",
+                    f"--serviceaccount={OPERATOR_NAMESPACE}:{other}")
+    install_chart_service_account(cluster, OPERATOR_NAMESPACE, tmp_path, values=(
+        "keyRingProtection.enabled=true",
+        f"keyRingProtection.allowedUsers={{system:serviceaccount:{OPERATOR_NAMESPACE}:{restore}}}"))
     try:
         def refused() -> str | None:
             result = cluster.kubectl("delete", "secret", ring, "-n", OPERATOR_NAMESPACE, "--dry-run=server", check=False)
@@ -293,12 +305,22 @@ def test_the_chart_can_protect_the_key_rings(cluster: Cluster, operator: Operato
         as_fedid = cluster.kubectl("delete", "secret", ring, "-n", OPERATOR_NAMESPACE, "--dry-run=server",
                                    f"--as=system:serviceaccount:{OPERATOR_NAMESPACE}:fedid", check=False)
         assert as_fedid.returncode == 0, as_fedid.stderr
+        # allowedUsers: the restore job may; another account with the very same RBAC rights may not.
+        as_restore = cluster.kubectl("delete", "secret", ring, "-n", OPERATOR_NAMESPACE, "--dry-run=server",
+                                     f"--as=system:serviceaccount:{OPERATOR_NAMESPACE}:{restore}", check=False)
+        assert as_restore.returncode == 0, as_restore.stderr
+        as_other = cluster.kubectl("delete", "secret", ring, "-n", OPERATOR_NAMESPACE, "--dry-run=server",
+                                   f"--as=system:serviceaccount:{OPERATOR_NAMESPACE}:{other}", check=False)
+        assert as_other.returncode != 0 and "only fedid may change or delete it" in as_other.stderr, as_other.stderr
         # Other Secrets of the namespace are not covered.
         cluster.kubectl("create", "secret", "generic", f"plain-{RUN}", "-n", OPERATOR_NAMESPACE, "--from-literal=a=b")
         cluster.kubectl("delete", "secret", f"plain-{RUN}", "-n", OPERATOR_NAMESPACE)
         assert get_json(cluster, "secret", ring, "-n", OPERATOR_NAMESPACE)["metadata"]["name"] == ring
     finally:
         install_chart_service_account(cluster, OPERATOR_NAMESPACE, tmp_path, values=("keyRingProtection.enabled=false",))
+        for kind, name in (("rolebinding", f"ring-editor-{RUN}"), ("role", f"ring-editor-{RUN}"),
+                           ("serviceaccount", restore), ("serviceaccount", other)):
+            cluster.kubectl("delete", kind, name, "-n", OPERATOR_NAMESPACE, "--ignore-not-found", check=False)
 
 
 def test_the_private_key_scan_finds_a_key_when_there_is_one(cluster: Cluster, operator: Operator) -> None:

@@ -21,7 +21,15 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT, Cluster, wait_for
-from fedid_harness import Operator, chart_operator, condition, events_for, get_json
+from fedid_harness import (
+    Operator,
+    chart_operator,
+    condition,
+    create_issuer,
+    events_for,
+    get_json,
+    identity_manifest,
+)
 
 RUN = uuid.uuid4().hex[:6]
 TEAM = f"undecodable-{RUN}"
@@ -66,11 +74,7 @@ def store_undecodable(cluster: Cluster, path, field_path: list[str], manifest: d
 
 
 def identity(name: str, lifetime: str) -> dict:
-    return {
-        "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
-        "metadata": {"name": name, "namespace": TEAM},
-        "spec": {"issuerRef": ISSUER, "audiences": ["sts.example.com"], "lifetime": lifetime},
-    }
+    return identity_manifest(TEAM, name, ISSUER, lifetime=lifetime)
 
 
 def issued(cluster: Cluster, name: str) -> bool:
@@ -93,13 +97,7 @@ def operator(cluster: Cluster) -> Iterator[Operator]:
     store_undecodable(cluster, IDENTITY_CRD, ["spec", "lifetime"], identity("before", "forever"))
     try:
         with chart_operator(cluster, "fedid-undecodable", [TEAM]) as running:
-            issuer = {
-                "apiVersion": "fedid.dev/v1alpha1", "kind": "IdentityIssuer", "metadata": {"name": ISSUER},
-                "spec": {"issuerURL": running.issuer_url(ISSUER), "signing": {"prepublishPeriod": "0s"},
-                         "allowedNamespaces": {"names": [TEAM]}},
-            }
-            wait_for("the issuer to be accepted", lambda: cluster.apply(json.dumps(issuer)).returncode == 0)
-            cluster.kubectl("wait", "--for=condition=Ready", f"identityissuer/{ISSUER}", "--timeout=60s")
+            create_issuer(cluster, running, ISSUER, [TEAM])
             yield running
     finally:
         # Never leave an undecodable object for the modules after this one.
