@@ -59,6 +59,11 @@ def test_identities_are_issued_no_faster_than_the_budget_allows(cluster: Cluster
         secret = get_json(cluster, "secret", f"budget-{n}-token", "-n", TEAM)
         assert {"token", "expires-at"} <= set(secret["data"]), sorted(secret["data"])
 
+    # The leader Lease has a client of its own outside the budget: with a queue of throttled
+    # writes longer than the renew deadline, it kept leading (a lost Lease stops the process).
+    assert operator.process is not None and operator.process.poll() is None, operator.logs()[-2000:]
+    assert "lost the leader Lease" not in operator.logs()
+
     # The waits are reported.
     assert operator.metric("fedid_kube_api_throttled_requests_total") - throttled_before >= WRITES_EACH * IDENTITIES - BURST
     assert operator.metric("fedid_kube_api_throttled_seconds_total") > 0

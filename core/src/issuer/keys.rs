@@ -279,8 +279,8 @@ pub fn jwks(keys: &[&KeyRecord]) -> Result<Value, KeyError> {
 #[derive(Debug, thiserror::Error)]
 pub enum SignProblem {
     /// The claims could not be encoded as JSON.
-    #[error("the claims are not encodable as JSON")]
-    Claims(#[source] serde_json::Error),
+    #[error("the token's header or claims are not encodable as JSON")]
+    Encode(#[source] serde_json::Error),
     /// The crypto library refused to sign.
     #[error("the signature failed")]
     Signature,
@@ -334,7 +334,7 @@ impl Signer {
         header.kid = Some(record.kid.clone());
         let header_json = serde_json::to_vec(&header).map_err(|source| KeyError::Sign {
             kid: record.kid.clone(),
-            problem: SignProblem::Claims(source),
+            problem: SignProblem::Encode(source),
         })?;
         Ok(Self {
             kid: record.kid.clone(),
@@ -362,7 +362,7 @@ impl Signer {
             problem,
         };
         let claims_json =
-            serde_json::to_vec(claims).map_err(|source| failed(SignProblem::Claims(source)))?;
+            serde_json::to_vec(claims).map_err(|source| failed(SignProblem::Encode(source)))?;
         let mut jwt =
             String::with_capacity(self.encoded_header.len() + claims_json.len() * 4 / 3 + 400);
         jwt.push_str(&self.encoded_header);
