@@ -16,7 +16,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import jwt
 import requests
@@ -244,16 +244,21 @@ def install_chart_service_account(
 
 @contextmanager
 def chart_operator(cluster: Cluster, name: str, namespaces: Iterable[str],
-                   extra_args: Iterable[str] = (), values: tuple[str, ...] = ()) -> Iterator[Operator]:
-    """`fedid run` (named `name`) as the chart's ServiceAccount (the chart installed with the
-    `--set` assignments `values`), after fedid's CRDs are applied and `namespaces` exist, with a
-    Lease of its own; stopped at the end, when its logs must hold no JWT."""
+                   extra_args: Iterable[str] = (), values: tuple[str, ...] = (), release: str = "fedid",
+                   pods: bool = False, before_start: Callable[[], None] | None = None) -> Iterator[Operator]:
+    """`fedid run` (named `name`) as the ServiceAccount of chart release `release` (installed with
+    the `--set` assignments `values`, and `pods` as `install_chart_service_account` takes it),
+    after fedid's CRDs are applied and `namespaces` exist, with a Lease of its own, and after
+    `before_start` ran; stopped at the end, when its logs must hold no JWT."""
     cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "crd/federatedidentities.fedid.dev", "--timeout=60s")
     for namespace in (OPERATOR_NAMESPACE, *namespaces):
         cluster.kubectl("create", "namespace", namespace, check=False)
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
-    service_account = install_chart_service_account(cluster, OPERATOR_NAMESPACE, workdir, values=values)
+    service_account = install_chart_service_account(cluster, OPERATOR_NAMESPACE, workdir, release=release,
+                                                    values=values, pods=pods)
+    if before_start is not None:
+        before_start()
     running = Operator(cluster=cluster, binary=fedid_binary(), workdir=workdir, kubeconfig=service_account,
                        name=name, extra_args=["--leader-election-lease-name", f"{name}-{uuid.uuid4().hex[:6]}",
                                               *extra_args])
@@ -455,3 +460,57 @@ def jwks_served_by_any(operators: Iterable[Operator], issuer: str) -> bool:
         except Exception:  # noqa: BLE001 - this one not answering; another may
             continue
     return False
+
+
+# The chart README's sections with the rights tables.
+CLUSTER_WIDE_RIGHTS = "### Every namespace (the default)"
+LISTED_NAMESPACES_RIGHTS = "### Listed namespaces only (`watchNamespaces`)"
+
+
+def documented_rights(section: str, release: str, namespaces: Iterable[str] = ()) -> dict[str, set[tuple[str, str, str]]]:
+    """Per scope (the table's first column), the (resource.group, resource name or "", verb)
+    rows of the rights table under heading `section` of the chart README, for a release named
+    `release` with pods.enabled, leader election, no cert-manager and no rollout (rows marked
+    *rollout* are left out). A row of resources "named in watchNamespaces" holds one entry per
+    name of `namespaces`, as `kubectl auth can-i --list` prints them (a row per name)."""
+    rights: dict[str, set[tuple[str, str, str]]] = {}
+    lines = (REPO_ROOT / "charts" / "fedid" / "README.md").read_text().splitlines()
+    start = lines.index(section)
+    for line in lines[start + 1:]:
+        if line.startswith("#"):
+            break
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 5 or cells[0] in ("scope", "---") or "*rollout*" in cells[4]:
+            continue
+        group = cells[1].strip("`")
+        group = "" if group == "core" else group
+        names = [""]
+        if "named `<fullname>`" in cells[2]:
+            names = [release]
+        elif "named in `watchNamespaces`" in cells[2]:
+            names = list(namespaces)
+        for resource in re.findall(r"`([a-z/]+)`", cells[2]):
+            base, _, subresource = resource.partition("/")
+            # kubectl's spelling: resource.group/subresource
+            spelled = (f"{base}.{group}" if group else base) + (f"/{subresource}" if subresource else "")
+            for verb in (verb.strip() for verb in cells[3].split(",")):
+                for name in names:
+                    rights.setdefault(cells[0], set()).add((spelled, name, verb))
+    return rights
+
+
+def can_i_list(cluster: Cluster, subject: str, namespace: str) -> set[tuple[str, str, str]]:
+    """(resource, resource names or "", verb) rows of `kubectl auth can-i --list`, without what
+    every authenticated user may do (self reviews, non-resource URLs)."""
+    listed = cluster.kubectl("auth", "can-i", "--list", "-n", namespace, f"--as={subject}").stdout
+    rights = set()
+    for line in listed.splitlines()[1:]:
+        match = re.match(r"^(\S+)\s+(\[[^\]]*\])\s+(\[[^\]]*\])\s+\[([^\]]*)\]\s*$", line)
+        if not match or match.group(2) != "[]":
+            continue  # non-resource URLs (/api, /healthz, ...)
+        resource, names, verbs = match.group(1), match.group(3).strip("[]"), match.group(4).split()
+        if resource.startswith("self"):
+            continue  # selfsubjectaccessreviews and friends: every user's
+        for verb in verbs:
+            rights.add((resource, names, verb))
+    return rights

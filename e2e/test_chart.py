@@ -25,7 +25,15 @@ from typing import Iterator
 import pytest
 
 from conftest import REPO_ROOT, Cluster, wait_for
-from fedid_harness import Operator, fedid_binary, free_port, install_chart_service_account
+from fedid_harness import (
+    CLUSTER_WIDE_RIGHTS,
+    Operator,
+    can_i_list,
+    documented_rights,
+    fedid_binary,
+    free_port,
+    install_chart_service_account,
+)
 
 CHART = REPO_ROOT / "charts" / "fedid"
 CRDS = REPO_ROOT / "crds"
@@ -224,8 +232,9 @@ def get_json(cluster: Cluster, *args: str) -> dict:
     return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
 
 
-def objects(cluster: Cluster, manifest: str) -> dict[str, dict]:
-    """The objects of a rendered manifest by "Kind/name", decoded by kubectl itself (`--local`: no
+def objects(cluster: Cluster, manifest: str, by_namespace: bool = False) -> dict[str, dict]:
+    """The objects of a rendered manifest by "Kind/name" ("Kind/namespace/name" for namespaced
+    ones, with `by_namespace`), decoded by kubectl itself (`--local`: no
     server, so kinds whose CRDs the cluster lacks, such as cert-manager's, decode too). Removing a
     label no object has changes nothing."""
     result = cluster.kubectl("label", "--local", "-f", "-", "fedid-chart-test-", "-o", "json", input=manifest)
@@ -237,13 +246,16 @@ def objects(cluster: Cluster, manifest: str) -> dict[str, dict]:
             continue
         item, index = decoder.raw_decode(text, index)
         for obj in item["items"] if item.get("kind") == "List" else [item]:
-            found[f"{obj['kind']}/{obj['metadata']['name']}"] = obj
+            namespace = f"{obj['metadata']['namespace']}/" if by_namespace and "namespace" in obj["metadata"] else ""
+            found[f"{obj['kind']}/{namespace}{obj['metadata']['name']}"] = obj
     return found
 
 
 def container_of(rendered: dict[str, dict], name: str) -> dict:
     """The fedid container of Deployment `name` among rendered objects."""
-    (container,) = rendered[f"Deployment/{name}"]["spec"]["template"]["spec"]["containers"]
+    # Keyed "Deployment/<name>", or by namespace too; `render` names the namespace after the release.
+    deployment = rendered.get(f"Deployment/{name}") or rendered[f"Deployment/{name}/{name}"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return container
 
 
@@ -450,6 +462,8 @@ BAD_VALUES = [
     (["issuer.signing.algorithm=HS256"], "at '/issuer/signing/algorithm': value must be one of 'RS256', 'ES256'"),
     (["issuer.signing.rotationPeriod=30d"], "at '/issuer/signing/rotationPeriod': '30d' does not match pattern"),
     (["replicaz=2"], "additional properties 'replicaz' not allowed"),
+    (["watchNamespaces={Team-A}"], "at '/watchNamespaces/0': 'Team-A' does not match pattern"),
+    (["watchNamespaces={team-a,team-a}"], "at '/watchNamespaces': items at 0 and 1 are equal"),
     (["exchange.qps=0"], "at '/exchange/qps'"),
     (["kubeApi.qps=-1"], "at '/kubeApi/qps': minimum: got -1, want 0"),
     (["kubeApi.burst=0"], "at '/kubeApi/burst': minimum: got 0, want 1"),
@@ -657,6 +671,7 @@ ARG_CONFIGURATIONS = {
     "no-pods": ["--set", "pods.enabled=false"],
     "single": ["--set", "replicaCount=1", "--set", "leaderElection.enabled=false"],
     "rollout": ["--set", "rollout.enabled=true"],
+    "watch-namespaces": ["--set", "watchNamespaces={team-a,team-b}", "--set", "rollout.enabled=true"],
 }
 
 
@@ -689,6 +704,64 @@ def test_rollout_adds_the_flag_and_only_a_patch_on_workloads(cluster: Cluster) -
         **BASE_RULES,
         **{("apps", kind): ["patch"] for kind in ("deployments", "statefulsets", "daemonsets")},
     }
+
+
+def pod_render_by_namespace(cluster: Cluster, *args: str) -> dict[str, dict]:
+    return objects(cluster, render(cluster, POD_RELEASE, *args), by_namespace=True)
+
+
+def role_rules(role: dict) -> dict[tuple[str, str], list[str]]:
+    """A Role's verbs by (API group, resource)."""
+    return cluster_rules({"ClusterRole/role": role}, "role")
+
+
+# What fedid needs where identities live: the ClusterRole's rules in every-namespace mode, each
+# listed namespace's Role with watchNamespaces.
+IDENTITY_NAMESPACE_RULES = {key: BASE_RULES[key] for key in (
+    ("fedid.dev", "federatedidentities"), ("fedid.dev", "federatedidentities/status"), ("", "secrets"),
+    ("", "configmaps"), ("events.k8s.io", "events"))}
+
+
+def test_watch_namespaces_moves_the_namespaced_rules_into_a_role_per_namespace(cluster: Cluster) -> None:
+    """watchNamespaces passes --watch-namespaces, leaves the ClusterRole only cluster-scoped rules
+    (the listed namespaces by name), gives each listed namespace a Role with the rest, the
+    release namespace the key rings' list, watch and create, `default` the issuers' Events, and
+    limits the webhook to the listed namespaces."""
+    rendered = pod_render_by_namespace(cluster, "--set", "watchNamespaces={team-b,team-a}", "--set", "rollout.enabled=true")
+    assert "--watch-namespaces=team-b,team-a" in container_of(rendered, POD_RELEASE)["args"]
+    assert cluster_rules(rendered, POD_RELEASE) == {
+        ("fedid.dev", "identityissuers"): ["get", "list", "watch"],
+        ("fedid.dev", "identityissuers/status"): ["patch"],
+        ("", "namespaces=team-b,team-a"): ["list", "watch", "get"],
+        ("authentication.k8s.io", "tokenreviews"): ["create"],
+        **WEBHOOK_RULE,
+    }
+    workloads = {("apps", kind): ["patch"] for kind in ("deployments", "statefulsets", "daemonsets")}
+    for namespace in ("team-a", "team-b"):
+        role = rendered[f"Role/{namespace}/{POD_RELEASE}-identities"]
+        assert role_rules(role) == {**IDENTITY_NAMESPACE_RULES, ("", "pods"): ["get", "list", "watch"], **workloads}
+        binding = rendered[f"RoleBinding/{namespace}/{POD_RELEASE}-identities"]
+        assert binding["roleRef"]["name"] == f"{POD_RELEASE}-identities"
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": POD_RELEASE, "namespace": POD_RELEASE}]
+    own = [rule for rule in rendered[f"Role/{POD_RELEASE}/{POD_RELEASE}"]["rules"] if rule["resources"] == ["secrets"]]
+    assert [rule["verbs"] for rule in own] == [["get", "update"], ["list", "watch", "create"]]
+    assert role_rules(rendered[f"Role/default/{POD_RELEASE}-issuer-events"]) == {("events.k8s.io", "events"): ["create", "patch"]}
+    webhook = rendered[f"MutatingWebhookConfiguration/{POD_RELEASE}"]["webhooks"][0]
+    assert webhook["namespaceSelector"] == {
+        "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-b", "team-a"]}]
+    }
+    # The release namespace and default listed: their Roles are separate objects, and default's
+    # identity Role covers the issuers' Events.
+    both = pod_render_by_namespace(cluster, "--set", f"watchNamespaces={{{POD_RELEASE},default}}", "--set", "pods.enabled=false")
+    assert f"Role/{POD_RELEASE}/{POD_RELEASE}" in both and f"Role/{POD_RELEASE}/{POD_RELEASE}-identities" in both
+    assert f"Role/default/{POD_RELEASE}-issuer-events" not in both
+    assert role_rules(both[f"Role/default/{POD_RELEASE}-identities"]) == IDENTITY_NAMESPACE_RULES
+    assert cluster_rules(both, POD_RELEASE)[("", f"namespaces={POD_RELEASE},default")] == ["list", "watch"]
+    # Without the value: no Role outside the release namespace, no namespaceSelector.
+    default = pod_render_by_namespace(cluster)
+    assert [key for key in default if key.startswith("Role/")] == [f"Role/{POD_RELEASE}/{POD_RELEASE}"]
+    assert "namespaceSelector" not in default[f"MutatingWebhookConfiguration/{POD_RELEASE}"]["webhooks"][0]
+    assert not [arg for arg in container_of(default, POD_RELEASE)["args"] if arg.startswith("--watch-namespaces")]
 
 
 @pytest.mark.parametrize("values", ARG_CONFIGURATIONS.values(), ids=ARG_CONFIGURATIONS.keys())
@@ -926,50 +999,13 @@ def test_service_account_has_exactly_the_documented_rights(cluster: Cluster, rel
     assert not wrong, "rights differ from the documented ones:\n" + "\n".join(wrong)
 
 
-def documented_rights(scope: str) -> set[tuple[str, str, str]]:
-    """(resource.group, resource name or "", verb) of the chart README's rights table rows of
-    `scope` ("cluster" or "release namespace") that the default release has: pods.enabled,
-    leader election, no cert-manager, no rollout."""
-    rights = set()
-    for line in (CHART / "README.md").read_text().splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) != 5 or cells[0] != scope or "*rollout*" in cells[4]:
-            continue
-        group = cells[1].strip("`")
-        group = "" if group == "core" else group
-        names = RELEASE if "named `<fullname>`" in cells[2] else ""
-        for resource in re.findall(r"`([a-z/]+)`", cells[2]):
-            base, _, subresource = resource.partition("/")
-            # kubectl's spelling: resource.group/subresource
-            spelled = (f"{base}.{group}" if group else base) + (f"/{subresource}" if subresource else "")
-            for verb in (verb.strip() for verb in cells[3].split(",")):
-                rights.add((spelled, names, verb))
-    return rights
-
-
-def can_i_list(cluster: Cluster, subject: str, namespace: str) -> set[tuple[str, str, str]]:
-    """(resource, resource name or "", verb) rows of `kubectl auth can-i --list`, without what
-    every authenticated user may do (self reviews, non-resource URLs)."""
-    listed = cluster.kubectl("auth", "can-i", "--list", "-n", namespace, f"--as={subject}").stdout
-    rights = set()
-    for line in listed.splitlines()[1:]:
-        match = re.match(r"^(\S+)\s+(\[[^\]]*\])\s+(\[[^\]]*\])\s+\[([^\]]*)\]\s*$", line)
-        if not match or match.group(2) != "[]":
-            continue  # non-resource URLs (/api, /healthz, ...)
-        resource, names, verbs = match.group(1), match.group(3).strip("[]"), match.group(4).split()
-        if resource.startswith("self"):
-            continue  # selfsubjectaccessreviews and friends: every user's
-        for verb in verbs:
-            rights.add((resource, names, verb))
-    return rights
-
-
 def test_can_i_list_is_exactly_the_documented_table(cluster: Cluster, release: dict) -> None:
     subject = f"system:serviceaccount:{release['namespace']}:{release['name']}"
-    cluster_wide = documented_rights("cluster")
+    table = documented_rights(CLUSTER_WIDE_RIGHTS, RELEASE)
+    cluster_wide = table["cluster"]
     assert ("secrets", "", "delete") in cluster_wide and ("pods", "", "watch") in cluster_wide
     assert can_i_list(cluster, subject, "default") == cluster_wide
-    assert can_i_list(cluster, subject, release["namespace"]) == cluster_wide | documented_rights("release namespace")
+    assert can_i_list(cluster, subject, release["namespace"]) == cluster_wide | table["release namespace"]
 
 
 def test_service_account_can_read_every_secret_by_listing(cluster: Cluster, release: dict, namespace: str) -> None:

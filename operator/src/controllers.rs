@@ -67,17 +67,18 @@ pub async fn run_controllers(
     // Opted-in pods, stripped to what their tokens need. Changes of their Secrets and of
     // their identities requeue them through `pod_triggers`.
     let (pods, pod_writer) = reflector::store::<Pod>();
-    let pod_events = watcher(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default().labels(POD_IDENTITY_LABEL),
-    )
-    .default_backoff()
-    .modify(strip_pod)
-    .reflect(pod_writer)
-    .touched_objects()
-    // Status updates (the kubelet's conditions, IPs) that leave the phase alone are no reason
-    // for a pass: under a burst of new pods they would only crowd the queue.
-    .predicate_filter(pod_token_inputs, Default::default());
+    let scope = &ctx.settings.watch_scope;
+    let pod_events = scope
+        .watch::<Pod>(
+            &client,
+            watcher::Config::default().labels(POD_IDENTITY_LABEL),
+        )
+        .modify(strip_pod)
+        .reflect(pod_writer)
+        .touched_objects()
+        // Status updates (the kubelet's conditions, IPs) that leave the phase alone are no reason
+        // for a pass: under a burst of new pods they would only crowd the queue.
+        .predicate_filter(pod_token_inputs, Default::default());
     let (pod_triggers, pod_triggered) = mpsc::channel::<ObjectRef<Pod>>(4096);
     let secret_pod_triggers = pod_triggers.clone();
     let policy_pod_triggers = PodRequeue {
@@ -96,91 +97,84 @@ pub async fn run_controllers(
             events: invalid_objects.clone(),
         }),
     ));
-    let identity_events = watcher(
-        Api::<Guarded<FederatedIdentity>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .filter_map(move |event| std::future::ready(admit(&undecodable_identities, event)))
-    .modify(|identity| identity.managed_fields_mut().clear())
-    .reflect(identity_writer)
-    .touched_objects()
-    // Status writes do not change the generation: they must not trigger a pass. A renew
-    // request is metadata only, so its annotation counts as well.
-    .predicate_filter(
-        predicates::generation.combine(renew_request),
-        Default::default(),
-    )
-    .inspect(move |identity| {
-        if let Ok(identity) = identity {
-            for pod in pods_using(&pods_of_identity, identity) {
-                let _ = identity_pod_triggers.try_send(pod);
+    let identity_events = scope
+        .watch::<Guarded<FederatedIdentity>>(&client, watcher::Config::default())
+        .filter_map(move |event| std::future::ready(admit(&undecodable_identities, event)))
+        .modify(|identity| identity.managed_fields_mut().clear())
+        .reflect(identity_writer)
+        .touched_objects()
+        // Status writes do not change the generation: they must not trigger a pass. A renew
+        // request is metadata only, so its annotation counts as well.
+        .predicate_filter(
+            predicates::generation.combine(renew_request),
+            Default::default(),
+        )
+        .inspect(move |identity| {
+            if let Ok(identity) = identity {
+                for pod in pods_using(&pods_of_identity, identity) {
+                    let _ = identity_pod_triggers.try_send(pod);
+                }
             }
-        }
-    });
+        });
     let (secrets, secret_writer) = reflector::store::<Secret>();
-    let secret_events = watcher(
-        Api::<Secret>::all(client.clone()),
-        watcher::Config::default().labels(IDENTITY_LABEL),
-    )
-    .default_backoff()
-    .modify(|secret| secret.managed_fields_mut().clear())
-    .reflect(secret_writer)
-    .touched_objects()
-    .inspect(move |secret| {
-        if let Ok(secret) = secret
-            && let Some(pod) = owning_pod(secret)
-        {
-            let _ = secret_pod_triggers.try_send(pod);
-        }
-    });
+    let secret_events = scope
+        .watch::<Secret>(&client, watcher::Config::default().labels(IDENTITY_LABEL))
+        .modify(|secret| secret.managed_fields_mut().clear())
+        .reflect(secret_writer)
+        .touched_objects()
+        .inspect(move |secret| {
+            if let Ok(secret) = secret
+                && let Some(pod) = owning_pod(secret)
+            {
+                let _ = secret_pod_triggers.try_send(pod);
+            }
+        });
     // Namespaces' metadata only: their labels decide selector policies. A label change
     // requeues the identities in that namespace.
     let (namespaces, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
-    let namespace_changes = watcher(
-        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|namespace| namespace.managed_fields_mut().clear())
-    .reflect(namespace_writer)
-    .touched_objects()
-    .predicate_filter(predicates::labels, Default::default())
-    .filter_map(|namespace| async move { namespace.ok().map(|namespace| namespace.name_any()) });
+    let namespace_changes = scope
+        .watch_namespaces(&client)
+        .modify(|namespace| namespace.managed_fields_mut().clear())
+        .reflect(namespace_writer)
+        .touched_objects()
+        .predicate_filter(predicates::labels, Default::default())
+        .filter_map(
+            |namespace| async move { namespace.ok().map(|namespace| namespace.name_any()) },
+        );
     // Client credentials for exchanges: only Secrets their owners labelled for fedid. A change
     // requeues the identities of that namespace that reference the Secret.
     let (client_credentials, client_credentials_writer) = reflector::store::<Secret>();
-    let client_credential_changes = watcher(
-        Api::<Secret>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{CLIENT_CREDENTIALS_LABEL}=true")),
-    )
-    .default_backoff()
-    .modify(|secret| secret.managed_fields_mut().clear())
-    .reflect(client_credentials_writer)
-    .touched_objects()
-    .filter_map(|secret| async move {
-        secret
-            .ok()
-            .map(|secret| (secret.namespace().unwrap_or_default(), secret.name_any()))
-    });
+    let client_credential_changes = scope
+        .watch::<Secret>(
+            &client,
+            watcher::Config::default().labels(&format!("{CLIENT_CREDENTIALS_LABEL}=true")),
+        )
+        .modify(|secret| secret.managed_fields_mut().clear())
+        .reflect(client_credentials_writer)
+        .touched_objects()
+        .filter_map(|secret| async move {
+            secret
+                .ok()
+                .map(|secret| (secret.namespace().unwrap_or_default(), secret.name_any()))
+        });
     // CA bundles for exchanges: only ConfigMaps labelled for fedid, the same way.
     let (ca_bundles, ca_bundles_writer) = reflector::store::<ConfigMap>();
-    let ca_bundle_changes = watcher(
-        Api::<ConfigMap>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{CA_BUNDLE_LABEL}=true")),
-    )
-    .default_backoff()
-    .modify(|config_map| config_map.managed_fields_mut().clear())
-    .reflect(ca_bundles_writer)
-    .touched_objects()
-    .filter_map(|config_map| async move {
-        config_map.ok().map(|config_map| {
-            (
-                config_map.namespace().unwrap_or_default(),
-                config_map.name_any(),
-            )
-        })
-    });
+    let ca_bundle_changes = scope
+        .watch::<ConfigMap>(
+            &client,
+            watcher::Config::default().labels(&format!("{CA_BUNDLE_LABEL}=true")),
+        )
+        .modify(|config_map| config_map.managed_fields_mut().clear())
+        .reflect(ca_bundles_writer)
+        .touched_objects()
+        .filter_map(|config_map| async move {
+            config_map.ok().map(|config_map| {
+                (
+                    config_map.namespace().unwrap_or_default(),
+                    config_map.name_any(),
+                )
+            })
+        });
     let issuer_registry = registry.clone();
     let mapping_store = identities.clone();
     let ca_bundle_mapping_store = identities.clone();

@@ -87,6 +87,7 @@ pub fn settings() -> crate::runtime::context::Settings {
         exchange_burst: 100,
         exchange_concurrency: 100,
         rollout: true,
+        watch_scope: crate::runtime::scope::WatchScope::Cluster,
     }
 }
 

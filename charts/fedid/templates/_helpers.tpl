@@ -110,3 +110,67 @@ shortened so that it stays a DNS label.
 {{- define "fedid.podsGeneratedCert" -}}
 {{- if and .Values.pods.enabled (not .Values.pods.certManager.enabled) }}true{{ end }}
 {{- end }}
+
+{{/*
+The rules fedid needs where identities live: granted cluster-wide by the ClusterRole, or, with
+watchNamespaces, by a Role in each of those namespaces. Called with (dict "root" $ "scope" S),
+S naming what the rules cover ("every namespace" or "this namespace").
+*/}}
+{{- define "fedid.namespacedRules" -}}
+{{- $root := .root }}
+# Identities are watched and cached; fedid reports conditions, key IDs and token times through
+# the status subresource only and never changes a spec.
+- apiGroups: [fedid.dev]
+  resources: [federatedidentities]
+  verbs: [get, list, watch]
+- apiGroups: [fedid.dev]
+  resources: [federatedidentities/status]
+  verbs: [patch]
+# Token Secrets live in the identities' namespaces. fedid lists and watches only Secrets
+# labelled fedid.dev/identity (and the client secrets their owners label
+# fedid.dev/client-credentials=true), but RBAC cannot restrict by label: this list/watch covers
+# every Secret in {{ .scope }}, data included. It creates a token Secret once and then
+# server-side-applies it (patch, which RBAC cannot restrict to fedid's own Secrets either).
+# There is deliberately no get or update: an identity's token Secret is deleted by the garbage
+# collector through its ownerReference to the identity. Delete: a token must stop being
+# readable as soon as its identity loses the right to it (the issuer no longer allows the
+# namespace, or is gone), not when it expires, so the leader deletes that identity's Secret;
+# likewise a pod's Secret once the pod has finished (Succeeded or Failed), long before the
+# garbage collector removes it with the pod, and the shared token an identity wrote before it
+# became a pod template. RBAC cannot restrict delete to fedid's Secrets either; fedid deletes
+# only a Secret that the identity or pod controls and fedid wrote, with a UID precondition so a
+# replaced Secret of the same name is never deleted.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [list, watch, create, patch, delete]
+# CA bundles an identity's exchange trusts (spec.exchange.caBundleRef): fedid lists and watches
+# only ConfigMaps labelled fedid.dev/ca-bundle=true, but, as for Secrets, RBAC cannot restrict
+# by label, so this covers every ConfigMap in {{ .scope }}. No get, create or patch.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [list, watch]
+# Events on identities (Issued, failures) and, with pods.enabled, opted-in pods: created once,
+# then patched to count a repeated event's series.
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- if $root.Values.pods.enabled }}
+# Opted-in pods (labelled fedid.dev/identity): the leader's pod controller and every replica's
+# token endpoint list and watch only those (RBAC cannot restrict by label, so this covers every
+# pod's spec in {{ .scope }}, which may hold environment values); the token endpoint gets a
+# requesting pod its cache has not seen yet. fedid never writes a pod.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+{{- end }}
+{{- if $root.Values.rollout.enabled }}
+# With rollout.enabled: the workloads an identity's spec.output.rollout lists, in the
+# identity's own namespace, get a merge patch of one pod template annotation
+# (fedid.dev/credentials-digest) when the credentials change, which restarts their pods. RBAC
+# cannot restrict a patch to one field: this right could change any field of every Deployment,
+# StatefulSet and DaemonSet in {{ .scope }}. No get, list or watch.
+- apiGroups: [apps]
+  resources: [deployments, statefulsets, daemonsets]
+  verbs: [patch]
+{{- end }}
+{{- end }}

@@ -22,6 +22,7 @@ use fedid::{
         context::{Context, Settings},
         leader::{Elector, LeaseTiming},
         metrics::Metrics,
+        scope::WatchScope,
         undecodable::{Guarded, UndecodableObjects, admit},
     },
     serve::http::{self, AppState, ServerConfig, TlsFiles},
@@ -33,7 +34,7 @@ use fedid_core::{
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
-    Api, Client, ResourceExt,
+    Client, ResourceExt,
     api::PartialObjectMeta,
     runtime::{WatchStreamExt, reflector, watcher},
 };
@@ -59,6 +60,12 @@ pub struct RunArgs {
     /// Namespace of the operator; issuer key rings are stored in Secrets here.
     #[arg(long, env = "POD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
     pub namespace: String,
+
+    /// Namespaces whose identities, token Secrets and pods fedid watches and writes,
+    /// comma-separated; every namespace when not given. With a list, fedid needs rights only in
+    /// those namespaces and its own: one watch per namespace and kind, no cluster-wide watch.
+    #[arg(long, env = "FEDID_WATCH_NAMESPACES", value_delimiter = ',', value_parser = parse_namespace_name)]
+    pub watch_namespaces: Vec<String>,
 
     /// Address of the server for discovery documents, JWKS, health and metrics.
     #[arg(long, env = "FEDID_HTTP_ADDR", default_value = "0.0.0.0:8443")]
@@ -253,6 +260,24 @@ fn parse_optional_rate(input: &str) -> Result<f64, String> {
     }
 }
 
+/// A namespace name (an RFC 1123 label): what `--watch-namespaces` lists.
+fn parse_namespace_name(input: &str) -> Result<String, String> {
+    let valid = !input.is_empty()
+        && input.len() <= 63
+        && input
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+        && !input.starts_with('-')
+        && !input.ends_with('-');
+    if valid {
+        Ok(input.to_owned())
+    } else {
+        Err(format!(
+            "{input:?} is not a namespace name (at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)"
+        ))
+    }
+}
+
 pub(crate) fn parse_duration(input: &str) -> Result<Duration, String> {
     input
         .parse::<fedid_core::crd::Duration>()
@@ -283,10 +308,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             exchange_burst: args.exchange_burst,
             exchange_concurrency: args.exchange_concurrency,
             rollout: args.rollout,
+            watch_scope: WatchScope::from_names(&args.watch_namespaces),
         },
         Some(identity.clone()),
     ));
-    info!(%namespace, addr = %args.http_addr, %identity, "starting fedid");
+    info!(%namespace, addr = %args.http_addr, %identity, watching = %ctx.settings.watch_scope.describe(), "starting fedid");
 
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
@@ -470,33 +496,28 @@ async fn start_pod_server(
     let (identities, identity_writer) = reflector::store::<FederatedIdentity>();
     // Undecodable identities stay out; the leader's identity controller reports them.
     let undecodable = UndecodableObjects::new(identities.clone(), None);
-    let identity_cache = watcher(
-        Api::<Guarded<FederatedIdentity>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .filter_map(move |event| std::future::ready(admit(&undecodable, event)))
-    .modify(|identity| identity.managed_fields_mut().clear())
-    .reflect(identity_writer)
-    .for_each(|_| async {});
+    let scope = WatchScope::from_names(&args.watch_namespaces);
+    let identity_cache = scope
+        .watch::<Guarded<FederatedIdentity>>(client, watcher::Config::default())
+        .filter_map(move |event| std::future::ready(admit(&undecodable, event)))
+        .modify(|identity| identity.managed_fields_mut().clear())
+        .reflect(identity_writer)
+        .for_each(|_| async {});
     let (pods, pod_writer) = reflector::store::<Pod>();
-    let pod_cache = watcher(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default().labels(POD_IDENTITY_LABEL),
-    )
-    .default_backoff()
-    .modify(strip_pod)
-    .reflect(pod_writer)
-    .for_each(|_| async {});
+    let pod_cache = scope
+        .watch::<Pod>(
+            client,
+            watcher::Config::default().labels(POD_IDENTITY_LABEL),
+        )
+        .modify(strip_pod)
+        .reflect(pod_writer)
+        .for_each(|_| async {});
     let (namespaces, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
-    let namespace_cache = watcher(
-        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|namespace| namespace.managed_fields_mut().clear())
-    .reflect(namespace_writer)
-    .for_each(|_| async {});
+    let namespace_cache = scope
+        .watch_namespaces(client)
+        .modify(|namespace| namespace.managed_fields_mut().clear())
+        .reflect(namespace_writer)
+        .for_each(|_| async {});
     tokio::spawn(identity_cache);
     tokio::spawn(pod_cache);
     tokio::spawn(namespace_cache);
@@ -504,23 +525,26 @@ async fn start_pod_server(
         .pod_token_url
         .clone()
         .unwrap_or_else(|| format!("https://{}/v1/token", hosts[0]));
-    let state = Arc::new(PodServerState::new(
-        client.clone(),
-        registry,
-        identities,
-        pods,
-        namespaces,
-        metrics,
-        InjectSettings {
-            token_url: Some(token_url),
-            token_request_audience: args.token_request_audience.clone(),
-        },
-        args.min_token_lifetime,
-        RequestBudget {
-            qps: args.token_request_qps,
-            burst: args.token_request_burst,
-        },
-    ));
+    let state = Arc::new(
+        PodServerState::new(
+            client.clone(),
+            registry,
+            identities,
+            pods,
+            namespaces,
+            metrics,
+            InjectSettings {
+                token_url: Some(token_url),
+                token_request_audience: args.token_request_audience.clone(),
+            },
+            args.min_token_lifetime,
+            RequestBudget {
+                qps: args.token_request_qps,
+                burst: args.token_request_burst,
+            },
+        )
+        .serving(scope),
+    );
     // Bound now, so that a port in use stops the process instead of leaving a replica that
     // looks ready while the webhook refuses every opted-in pod.
     let listener = std::net::TcpListener::bind(addr)
@@ -585,4 +609,42 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = interrupt.await;
     info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Run {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    #[test]
+    fn watch_namespaces_takes_a_comma_separated_list_of_namespace_names() {
+        let parsed = Run::try_parse_from(["fedid", "--watch-namespaces", "team-b,team-a,team-b"])
+            .expect("valid names");
+        assert_eq!(
+            WatchScope::from_names(&parsed.args.watch_namespaces),
+            WatchScope::Namespaces(vec!["team-a".into(), "team-b".into()])
+        );
+        let every = Run::try_parse_from(["fedid"]).expect("no flag");
+        assert_eq!(
+            WatchScope::from_names(&every.args.watch_namespaces),
+            WatchScope::Cluster
+        );
+        for bad in ["Team-A", "-a", "a-", "a_b", "", &"a".repeat(64)] {
+            let flag = format!("--watch-namespaces={bad}");
+            let error = Run::try_parse_from(["fedid", flag.as_str()])
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(
+                error.to_string().contains("is not a namespace name"),
+                "{bad:?}: {error}"
+            );
+        }
+    }
 }

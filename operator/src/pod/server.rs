@@ -52,7 +52,10 @@ use tracing::{info, warn};
 use crate::{
     identity::reconcile::{fetch_from_caches, unusable_issuer},
     issuer::registry::IssuerRegistry,
-    runtime::metrics::{Metrics, OutcomeLabels},
+    runtime::{
+        metrics::{Metrics, OutcomeLabels},
+        scope::WatchScope,
+    },
 };
 
 /// How long a successful TokenReview is reused for the same service-account token. The pod's
@@ -96,6 +99,8 @@ pub struct PodServerState {
     pub min_token_lifetime: Duration,
     /// Per-pod budget.
     pub budget: RequestBudget,
+    /// The namespaces fedid serves: a pod elsewhere is refused, never looked up.
+    pub scope: WatchScope,
     reviews: Mutex<HashMap<[u8; 32], (BoundPod, Instant)>>,
     buckets: Mutex<HashMap<String, (TokenBucket, f64)>>,
     started: Instant,
@@ -125,10 +130,17 @@ impl PodServerState {
             inject,
             min_token_lifetime,
             budget,
+            scope: WatchScope::Cluster,
             reviews: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
             started: Instant::now(),
         }
+    }
+
+    /// The same, serving only the namespaces of `scope`.
+    pub fn serving(mut self, scope: WatchScope) -> Self {
+        self.scope = scope;
+        self
     }
 }
 
@@ -234,6 +246,15 @@ fn admit_pod(
         return (response, "mutated");
     };
     let namespace = request.namespace.clone().unwrap_or_default();
+    if !state.scope.includes(&namespace) {
+        return (
+            response.deny(format!(
+                "fedid: namespace {namespace} is not served: fedid watches only {} (--watch-namespaces)",
+                state.scope.describe()
+            )),
+            "denied",
+        );
+    }
     let Some(identity) = state
         .identities
         .get(&ObjectRef::new(name).within(&namespace))
@@ -507,6 +528,13 @@ async fn review(state: &PodServerState, token: &str) -> Result<BoundPod, TokenRe
 /// The live, opted-in pod the token is bound to: from the cache, or from the apiserver to say
 /// precisely why it is not there.
 async fn live_pod(state: &PodServerState, bound: &BoundPod) -> Result<Pod, TokenRequestError> {
+    if !state.scope.includes(&bound.namespace) {
+        return Err(TokenRequestError::Forbidden(format!(
+            "namespace {} is not served: fedid watches only {}",
+            bound.namespace,
+            state.scope.describe()
+        )));
+    }
     let cached = state
         .pods
         .get(&ObjectRef::new(&bound.name).within(&bound.namespace));

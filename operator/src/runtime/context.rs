@@ -43,6 +43,8 @@ pub struct Settings {
     pub exchange_concurrency: u32,
     /// Whether `spec.output.rollout` restarts workloads (`--rollout`).
     pub rollout: bool,
+    /// The namespaces whose identities, Secrets and pods are watched (`--watch-namespaces`).
+    pub watch_scope: crate::runtime::scope::WatchScope,
 }
 
 /// The source of the current time; tests inject a fixed one.
