@@ -1,7 +1,9 @@
 """The control plane restarted under two replicas, on a control plane of this module's own (so
 that nothing here can break the session's): kube-apiserver stopped for 30 s (its port refuses
 connections) and started again, then etcd stopped for 30 s and started again (the apiserver up
-but failing every request that needs storage), each right after LOAD identities were created.
+but failing every request that needs storage), each right after LOAD identities were created; and kube-apiserver again with the replicas in
+namespaced mode (`--watch-namespaces` with two namespaces, the identities spread over both), where
+every namespace's watch relists on its own into one merged cache.
 
 Throughout, some replica serves the JWKS from memory and every running replica's `/readyz`
 answers 200 (readiness is about serving, which needs no apiserver); afterwards (with the replicas that exited
@@ -30,6 +32,8 @@ from fedid_harness import Operator, condition, get_json, identity_manifest, jwks
 RUN = uuid.uuid4().hex[:6]
 OPERATOR_NS = f"fedid-restarts-{RUN}"
 TEAM = f"restarts-{RUN}"
+# The second namespace of the namespaced case.
+TEAM_B = f"restarts-b-{RUN}"
 ISSUER = f"restarts-{RUN}"
 LEASE_SECONDS = 6
 DOWN_SECONDS = 30
@@ -51,13 +55,23 @@ def own_cluster(cluster: Cluster) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def replicas(own_cluster: Cluster) -> Iterator[dict[str, Operator]]:
-    with replica_set(own_cluster, OPERATOR_NS, [TEAM], ["restarts-a", "restarts-b"], ISSUER, [TEAM],
-                     LEASE_SECONDS, prepublish="0s") as operators:
+    with replica_set(own_cluster, OPERATOR_NS, [TEAM, TEAM_B], ["restarts-a", "restarts-b"], ISSUER,
+                     [TEAM, TEAM_B], LEASE_SECONDS, prepublish="0s") as operators:
         yield operators
 
 
-def identity(cluster: Cluster, name: str, lifetime: str) -> None:
-    cluster.apply(json.dumps(identity_manifest(TEAM, name, ISSUER, lifetime=lifetime)))
+def identity(cluster: Cluster, name: str, lifetime: str, namespace: str = TEAM) -> None:
+    cluster.apply(json.dumps(identity_manifest(namespace, name, ISSUER, lifetime=lifetime)))
+
+
+def restart_with(replicas: dict[str, Operator], *flags: str) -> None:
+    """Restarts every replica with its first arguments and `flags`."""
+    for operator in replicas.values():
+        operator.stop()
+        base = operator.extra_args[:operator.extra_args.index("--watch-namespaces")] \
+            if "--watch-namespaces" in operator.extra_args else operator.extra_args
+        operator.extra_args = [*base, *flags]
+        operator.start()
 
 
 def served_anywhere(replicas: dict[str, Operator]) -> bool:
@@ -121,22 +135,40 @@ def outage(cluster: Cluster, replicas: dict[str, Operator], component: str) -> d
     return {"polls": polls, "unserved": unserved, "not_ready": not_ready, "exited": exited}
 
 
-@pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
+@pytest.mark.parametrize(("component", "namespaced"), [("kube-apiserver", False), ("etcd", False),
+                                                     ("kube-apiserver", True)],
+                         ids=["kube-apiserver", "etcd", "kube-apiserver-namespaced"])
 def test_a_restarted_control_plane_component_costs_no_token(
-    own_cluster: Cluster, replicas: dict[str, Operator], component: str
+    own_cluster: Cluster, replicas: dict[str, Operator], component: str, namespaced: bool
 ) -> None:
     cluster = own_cluster
+    case = f"{component}{'-ns' if namespaced else ''}"
+    # Namespaced: the short-lived token and half the load in the second namespace, whose watch
+    # relists beside the first one's.
+    other = TEAM_B if namespaced else TEAM
+    if namespaced:
+        restart_with(replicas, "--watch-namespaces", f"{TEAM},{TEAM_B}")
+    try:
+        check_an_outage(cluster, replicas, component, case, other)
+    finally:
+        if namespaced:
+            restart_with(replicas)
+
+
+def check_an_outage(cluster: Cluster, replicas: dict[str, Operator], component: str, case: str, other: str) -> None:
     for name in STEADY:
         identity(cluster, name, "1h")
-    short = f"short-{component}"
-    identity(cluster, short, "30s")
-    for name in (*STEADY, short):
+    short = f"short-{case}"
+    identity(cluster, short, "30s", other)
+    for name in STEADY:
         cluster.kubectl("wait", "--for=condition=Ready", f"fid/{name}", "-n", TEAM, "--timeout=60s")
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{short}", "-n", other, "--timeout=60s")
     versions = {name: get_json(cluster, "secret", f"{name}-token", "-n", TEAM)["metadata"]["resourceVersion"]
                 for name in STEADY}
-    before = get_json(cluster, "fid", short, "-n", TEAM)["status"]["expiresAt"]
+    before = get_json(cluster, "fid", short, "-n", other)["status"]["expiresAt"]
 
-    load = [identity_manifest(TEAM, f"load-{component}-{n}", ISSUER, lifetime="1h") for n in range(LOAD)]
+    load = [identity_manifest(TEAM if n % 2 else other, f"load-{case}-{n}", ISSUER, lifetime="1h")
+            for n in range(LOAD)]
     cluster.apply(json.dumps({"apiVersion": "v1", "kind": "List", "items": load}))
 
     seen = outage(cluster, replicas, component)
@@ -144,21 +176,21 @@ def test_a_restarted_control_plane_component_costs_no_token(
     assert seen["not_ready"] == 0, f"{seen['not_ready']} /readyz failures"
 
     # An identity created after the outage is issued.
-    after = f"after-{component}"
-    identity(cluster, after, "1h")
-    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{after}", "-n", TEAM, "--timeout=90s")
+    after = f"after-{case}"
+    identity(cluster, after, "1h", other)
+    cluster.kubectl("wait", "--for=condition=Ready", f"fid/{after}", "-n", other, "--timeout=90s")
 
     # The token that expired meanwhile (30 s lifetime, 5 s margin) is renewed.
     def renewed() -> bool:
-        found = get_json(cluster, "fid", short, "-n", TEAM)
+        found = get_json(cluster, "fid", short, "-n", other)
         ready = condition(found) or {}
         return found["status"].get("expiresAt") != before and ready.get("status") == "True"
     wait_for("the short-lived token renewed", renewed, timeout=90)
 
     # Every identity of the load is issued.
     def load_issued() -> bool:
-        listed = get_json(cluster, "fid", "-n", TEAM)["items"]
-        mine = [i for i in listed if i["metadata"]["name"].startswith(f"load-{component}-")]
+        listed = get_json(cluster, "fid", "-A")["items"]
+        mine = [i for i in listed if i["metadata"]["name"].startswith(f"load-{case}-")]
         return len(mine) == LOAD and all((condition(i) or {}).get("status") == "True" for i in mine)
     wait_for(f"all {LOAD} identities of the load issued", load_issued, timeout=180, interval=1)
 
