@@ -2,9 +2,16 @@
 """fedid's benchmarks, each figure beside the anchor it must approach, measured in one run.
 
 Called by `bench/run` (which installs wrk, nginx and matplotlib first). Starts its own control plane
-(e2e/cluster/up, with an apiserver audit log of fedid's writes), runs fedid (FEDID_BIN, default
-target/release/fedid) as the Helm chart's ServiceAccount, and measures, in this order:
+(e2e/cluster/up, with an apiserver audit log of fedid's writes, lists and watches), runs fedid
+(FEDID_BIN, default target/release/fedid) as the Helm chart's ServiceAccount, and measures, in this
+order:
 
+  scope       K namespaces of identities beside unrelated Secrets elsewhere: fedid started cold
+              cluster-wide (the chart's default rights) and with --watch-namespaces (a second
+              release's namespaced rights), one at a time on the same objects; time to every
+              identity Ready, lists, watches and writes (audit log), RSS, CPU, and what each
+              ServiceAccount can read (`kubectl get secrets`), as ratios namespaced/cluster-wide
+              (its namespaces are deleted at the end: it leaves nothing for the others)
   serving     JWKS and discovery at 64 connections with wrk, plain HTTP and TLS, against nginx
               serving the same bytes from files with the same certificate (rounds interleaved)
   latency     single identities on an idle operator: create -> Secret present
@@ -41,6 +48,7 @@ import math
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,7 +64,7 @@ sys.path.insert(0, str(E2E))
 
 import requests  # noqa: E402
 
-from bench.cpu import CpuMeter  # noqa: E402
+from bench.cpu import CpuMeter, cpu_seconds  # noqa: E402
 from bench.pods import ApiServer, Watch, counts_delta, percentiles, request_counts, samples  # noqa: E402
 from conftest import CLUSTER_DIR, Cluster, _build_tools  # noqa: E402
 from fedid_harness import OPERATOR_NAMESPACE, Operator, free_port, install_chart_service_account  # noqa: E402
@@ -64,18 +72,25 @@ from fedid_harness import OPERATOR_NAMESPACE, Operator, free_port, install_chart
 GROUP = "fedid.dev/v1alpha1"
 IDENTITY_LABEL = "fedid.dev/identity"
 SA_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:fedid"
+SCOPED_RELEASE = "fedid-scoped"  # the scope scenario's second release, with watchNamespaces
+SCOPED_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{SCOPED_RELEASE}"
 LEASE = "fedid-bench"
 WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
+READ_VERBS = ("list", "watch")
 
 SIZES = {
     "quick": {"identities": 500, "latency_samples": 20, "steady_s": 30, "unrelated": 5000, "settle_s": 15,
               "rotation_identities": 300, "wrk_seconds": 5, "wrk_rounds": 1,
               "pods_args": ["--quick", "--rounds", "1"],
-              "exchange_args": ["--identities", "200", "--budget-identities", "40"]},
+              "exchange_args": ["--identities", "200", "--budget-identities", "40"],
+              "scope_namespaces": 4, "scope_identities": 200, "scope_other_namespaces": 2, "scope_unrelated": 500,
+              "scope_secret_bytes": 4096, "scope_rounds": 1},
     "full": {"identities": 10000, "latency_samples": 100, "steady_s": 300, "unrelated": 100000, "settle_s": 60,
              "rotation_identities": 10000, "wrk_seconds": 10, "wrk_rounds": 2,
              "pods_args": ["--pods", "2000", "--rate", "50", "--requests", "2000"],
-             "exchange_args": ["--identities", "1000", "--budget-identities", "200"]},
+             "exchange_args": ["--identities", "1000", "--budget-identities", "200"],
+             "scope_namespaces": 10, "scope_identities": 2000, "scope_other_namespaces": 5, "scope_unrelated": 5000,
+             "scope_secret_bytes": 4096, "scope_rounds": 3},
 }
 
 
@@ -161,7 +176,11 @@ def rate(count: int, seconds: float) -> float | None:
     return round(count / seconds, 1) if seconds > 0 else None
 
 
-# --- the apiserver's audit log of fedid's writes ------------------------------------------------
+def ratio(value: float | None, reference: float | None) -> float | None:
+    return round(value / reference, 2) if value is not None and reference else None
+
+
+# --- the apiserver's audit log of fedid's requests -----------------------------------------------
 
 
 AUDIT_POLICY = f"""\
@@ -170,20 +189,23 @@ kind: Policy
 omitStages: [RequestReceived]
 rules:
 - level: Metadata
-  users: ["{SA_USER}"]
-  verbs: [{", ".join(WRITE_VERBS)}]
+  users: ["{SA_USER}", "{SCOPED_USER}"]
+  verbs: [{", ".join(WRITE_VERBS + READ_VERBS)}]
 - level: None
 """
 
 
 class AuditLog:
-    """fedid's writes as the apiserver recorded them (the policy logs only its ServiceAccount's
-    write verbs). `between(t0, t1)` counts those whose response completed in the window."""
+    """fedid's writes, lists and watches as the apiserver recorded them (the policy logs only its
+    ServiceAccounts' requests of those verbs, at Metadata level: no object, no Secret data).
+    `between(t0, t1)` counts the writes of the chart's ServiceAccount whose response completed in
+    the window, `between(t0, t1, user, READ_VERBS)` the lists and watches of `user` (a watch when
+    its response started, i.e. when it was opened, or when it was refused)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._offset = 0
-        self.entries: list[tuple[float, str, str, int]] = []  # (time, verb, resource[/sub], code)
+        self.entries: list[tuple[float, str, str, int, str]] = []  # (time, verb, resource[/sub], code, user)
 
     def _read(self) -> None:
         if not self.path.exists():
@@ -200,20 +222,26 @@ class AuditLog:
                 continue
             ref = event.get("objectRef") or {}
             resource = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            code = (event.get("responseStatus") or {}).get("code", 0)
+            if event.get("verb") == "watch" and event.get("stage") == "ResponseComplete" and code < 400:
+                continue  # a watch that was opened (its ResponseStarted is counted) has now ended
             stamp = datetime.datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00")).timestamp()
-            self.entries.append((stamp, event.get("verb", "?"), resource,
-                                 (event.get("responseStatus") or {}).get("code", 0)))
+            self.entries.append((stamp, event.get("verb", "?"), resource, code,
+                                 (event.get("user") or {}).get("username", "?")))
 
-    def between(self, start: float, end: float) -> dict:
+    def between(self, start: float, end: float, user: str = SA_USER, verbs: tuple[str, ...] = WRITE_VERBS) -> dict:
         time.sleep(1.5)  # the audit backend writes in batches
         self._read()
-        chosen = [entry for entry in self.entries if start <= entry[0] <= end]
-        by = collections.Counter(f"{verb} {resource}" for _, verb, resource, _ in chosen)
+        chosen = [entry for entry in self.entries
+                  if start <= entry[0] <= end and entry[4] == user and entry[1] in verbs]
+        by = collections.Counter(f"{verb} {resource}" for _, verb, resource, _, _ in chosen)
         leases = sum(count for key, count in by.items() if key.endswith(" leases"))
-        per_second = collections.Counter(int(at) for at, _, resource, _ in chosen if resource != "leases")
+        per_second = collections.Counter(int(at) for at, _, resource, _, _ in chosen if resource != "leases")
         return {"writes": len(chosen) - leases, "lease_writes": leases,
                 "by_verb_resource": dict(by.most_common()),
                 "failed": sum(1 for entry in chosen if entry[3] >= 400),
+                "failed_by_verb_resource": dict(collections.Counter(
+                    f"{verb} {resource} {code}" for _, verb, resource, code, _ in chosen if code >= 400)),
                 "busiest_second": max(per_second.values(), default=0),
                 "per_second": sorted(per_second.items())}
 
@@ -258,6 +286,41 @@ class Fedid(Operator):
 
     def get(self, path: str, **kwargs: object) -> requests.Response:
         return requests.get(f"{self.base_url}{path}", verify=str(self.ca), timeout=10, **kwargs)
+
+
+class Readiness:
+    """When each identity was first seen Ready (its Ready condition True) and its token Secret
+    first added, by identity name, from watches of identities and labelled Secrets (`Bench.readiness`)."""
+
+    def __init__(self) -> None:
+        self.ready: dict[str, float] = {}
+        self.secrets: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.watches: list[Watch] = []
+
+    def on_identity(self, kind: str, obj: dict, at: float) -> None:
+        for entry in (obj.get("status") or {}).get("conditions") or []:
+            if entry.get("type") == "Ready" and entry.get("status") == "True":
+                with self.lock:
+                    self.ready.setdefault(obj["metadata"]["name"], time.time())
+
+    def on_secret(self, kind: str, obj: dict, at: float) -> None:
+        if kind == "ADDED":
+            with self.lock:
+                self.secrets.setdefault(obj["metadata"]["name"].removesuffix("-token"), time.time())
+
+    def all_done(self, names: list[str]) -> bool:
+        with self.lock:
+            return all(n in self.ready and n in self.secrets for n in names)
+
+    def finished(self, names: list[str]) -> dict[str, float]:
+        """When each of `names` that got there was Ready with its Secret."""
+        with self.lock:
+            return {n: max(self.ready[n], self.secrets[n]) for n in names if n in self.ready and n in self.secrets}
+
+    def stop(self) -> None:
+        for watch in self.watches:
+            stop_watch(watch)
 
 
 class RssSampler(threading.Thread):
@@ -504,6 +567,14 @@ class Bench:
         watch.connected.wait(2)
         return watch
 
+    def readiness(self, identities_path: str, secrets_path: str) -> Readiness:
+        """A `Readiness` fed by watches of the identities at `identities_path` and the labelled
+        Secrets at `secrets_path` (a namespace's, or the cluster's)."""
+        tracker = Readiness()
+        tracker.watches = [self.watch(identities_path, {}, tracker.on_identity),
+                           self.watch(secrets_path, {"labelSelector": IDENTITY_LABEL}, tracker.on_secret)]
+        return tracker
+
     def identities_path(self, namespace: str) -> str:
         return f"/apis/{GROUP}/namespaces/{namespace}/federatedidentities"
 
@@ -627,23 +698,7 @@ class Bench:
 
     def throughput(self) -> dict:
         namespace, count = self.namespaces["fid"], self.size["identities"]
-        ready: dict[str, float] = {}
-        secrets: dict[str, float] = {}
-        lock = threading.Lock()
-
-        def on_identity(kind: str, obj: dict, at: float) -> None:
-            for entry in (obj.get("status") or {}).get("conditions") or []:
-                if entry.get("type") == "Ready" and entry.get("status") == "True":
-                    with lock:
-                        ready.setdefault(obj["metadata"]["name"], time.time())
-
-        def on_secret(kind: str, obj: dict, at: float) -> None:
-            if kind == "ADDED":
-                with lock:
-                    secrets.setdefault(obj["metadata"]["name"].removesuffix("-token"), time.time())
-
-        watches = [self.watch(self.identities_path(namespace), {}, on_identity),
-                   self.watch(f"/api/v1/namespaces/{namespace}/secrets", {"labelSelector": IDENTITY_LABEL}, on_secret)]
+        tracker = self.readiness(self.identities_path(namespace), f"/api/v1/namespaces/{namespace}/secrets")
         api_before, fedid_before = self.apiserver_metrics(), self.fedid_metrics()
         meter = self.meter()
         self.rss.phase = "throughput"
@@ -655,21 +710,19 @@ class Bench:
         created_by = time.time()
         names = [f"id-{n}" for n in range(count)]
         try:
-            bounded_wait("every identity Ready with its Secret",
-                         lambda: all(n in ready and n in secrets for n in names), max(180, count / 5), 0.2)
+            bounded_wait("every identity Ready with its Secret", lambda: tracker.all_done(names),
+                         max(180, count / 5), 0.2)
         except TimeoutError as error:
             log(str(error))
         done = time.time()
         cpu = meter.stop()
         log("throughput: all Ready; reading metrics")
         api_after, fedid_after = self.apiserver_metrics(), self.fedid_metrics()
-        for watch in watches:
-            stop_watch(watch)
+        tracker.stop()
         log("throughput: watches stopped")
-        with lock:
-            finished = [max(ready[n], secrets[n]) for n in names if n in ready and n in secrets]
-            delays = [max(ready[n], secrets[n]) - created[i][1] for i, n in enumerate(names)
-                      if n in ready and n in secrets]
+        finished_at = tracker.finished(names)
+        finished = list(finished_at.values())
+        delays = [finished_at[n] - created[i][1] for i, n in enumerate(names) if n in finished_at]
         last = max(finished) if finished else done
         writes = self.audit.between(began - 0.5, last + 0.5)
         log("throughput: audit read")
@@ -942,6 +995,196 @@ class Bench:
             "load": load()}
         return result
 
+    def scope(self) -> dict:
+        """What watching every namespace costs beside watching only those with identities: K
+        namespaces of identities of issuer bench-scope, unrelated Secrets in M others; fedid
+        started cold, one mode at a time on the same objects (the setup's fedid stopped), cluster-
+        wide as the chart's ServiceAccount and with --watch-namespaces as a second release's
+        (watchNamespaces, namespaced rights), the modes interleaved round by round."""
+        count, rounds = self.size["scope_identities"], self.size["scope_rounds"]
+        inside = [f"bench-scope-{n}" for n in range(self.size["scope_namespaces"])]
+        outside = [f"bench-scope-other-{n}" for n in range(self.size["scope_other_namespaces"])]
+        unrelated, size = self.size["scope_unrelated"], self.size["scope_secret_bytes"]
+        for namespace in (*inside, *outside):
+            self.cluster.kubectl("create", "namespace", namespace, check=False)
+        if self.fedid.process is None:
+            self.start_fedid()  # the issuer's key ring is made by a running fedid
+        self.issuer("bench-scope", inside)
+        log(f"scope: {unrelated} unrelated Secrets of {size} B in {len(outside)} namespaces")
+        body = base64.b64encode(os.urandom(size)).decode()
+        began = time.time()
+        created = self.post_all(lambda n: f"/api/v1/namespaces/{outside[n % len(outside)]}/secrets",
+                                lambda n: {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"u-{n}"},
+                                           "data": {"blob": body}}, unrelated)
+        unrelated_figures = {"secrets": unrelated, "ok": sum(1 for c in created if c[2] == 201),
+                             "per_s": rate(unrelated, time.time() - began)}
+        (self.work / SCOPED_RELEASE).mkdir(exist_ok=True)
+        scoped_kubeconfig = install_chart_service_account(
+            self.cluster, OPERATOR_NAMESPACE, self.work / SCOPED_RELEASE, release=SCOPED_RELEASE,
+            values=(f"watchNamespaces={{{','.join(inside)}}}",))
+        modes = {"cluster-wide": (self.sa_kubeconfig, SA_USER, []),
+                 "namespaced": (scoped_kubeconfig, SCOPED_USER, ["--watch-namespaces", ",".join(inside)])}
+        self.fedid.stop()
+        self.rss.pid = None
+        runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+        try:
+            rights = {mode: self.rights(kubeconfig, inside, outside) for mode, (kubeconfig, _, _) in modes.items()}
+            operators = {}
+            for mode, (kubeconfig, _, _) in modes.items():
+                (self.work / f"scope-{mode}").mkdir(exist_ok=True)
+                operators[mode] = Fedid(cluster=self.cluster, binary=self.binary, workdir=self.work / f"scope-{mode}",
+                                        name=f"fedid-scope-{mode}", kubeconfig=kubeconfig, port=self.fedid.port)
+            for round_number in range(1, rounds + 1):
+                # The modes take turns going first, so that neither always meets a fresher apiserver.
+                for mode in (list(modes) if round_number % 2 else list(reversed(modes))):
+                    _, user, flags = modes[mode]
+                    log(f"scope: round {round_number}/{rounds}, {mode}: {count} identities in {len(inside)} "
+                        "namespaces, fedid started cold")
+                    lease = ["--leader-election-lease-name", f"{LEASE}-scope-{mode}-{round_number}"]
+                    figures = self.scope_run(operators[mode], user, [*lease, *flags], inside, count, f"scope {mode}")
+                    runs[mode].append({"round": round_number, **figures})
+                    log(f"scope: {mode}: all Ready after {figures['all_ready_after_s']} s, RSS "
+                        f"{figures['rss_mib_after_settle']} MiB, fedid CPU {figures['fedid_cpu_s']} s, "
+                        f"{figures['list_requests']} lists, {figures['watch_requests']} watches, "
+                        f"{figures['writes']} writes, {figures['log_forbidden_lines']} log lines with 'forbidden'")
+        finally:
+            self.start_fedid()
+            self.cluster.kubectl("delete", "namespace", *inside, *outside, "--wait=false", check=False)
+
+        def median(mode: str, key: str) -> float | None:
+            values = [run[key] for run in runs[mode] if run.get(key) is not None]
+            return round(statistics.median(values), 3) if values else None
+
+        compared = ("all_ready_after_s", "readyz_after_s", "rss_mib_after_settle", "rss_peak_mib",
+                    "fedid_cpu_s_to_ready", "fedid_cpu_s", "apiserver_cpu_s", "list_requests", "watch_requests",
+                    "list_watch_requests", "writes")
+        keys = (*compared, "refused_requests", "log_forbidden_lines")
+        summary = {mode: {key: median(mode, key) for key in keys} for mode in modes}
+        return {"sizes": {"namespaces": len(inside), "identities": count, "other_namespaces": len(outside),
+                          "unrelated_secrets": unrelated, "unrelated_secret_bytes": size, "rounds": rounds,
+                          "settle_s": self.size["settle_s"]},
+                "watch_namespaces": inside, "unrelated": unrelated_figures, "rights": rights,
+                **{mode: {**summary[mode], "complete": all(run["complete"] for run in runs[mode])} for mode in modes},
+                "ratios_namespaced_to_cluster_wide": {key: ratio(summary["namespaced"][key],
+                                                                 summary["cluster-wide"][key]) for key in compared},
+                "runs": runs,
+                "note": "medians over the rounds; each run from fedid's spawn: the identities are created afresh "
+                        "before it with no fedid running and deleted after it, so both modes start cold on the same "
+                        "objects", "load": load()}
+
+    def scope_run(self, fedid: Fedid, user: str, flags: list[str], namespaces: list[str], count: int,
+                  phase: str) -> dict:
+        """One cold start of `fedid` (as `user`, with `flags`): `count` identities created afresh
+        across `namespaces` while no fedid runs, so that they have neither status nor Secret
+        (deleting only their Secrets would leave the previous run's Ready conditions, and a warm
+        apiserver either way); from spawn until every one is Ready with its Secret, then settle_s
+        with nothing due. The identities and their Secrets are deleted again at the end."""
+        created = self.post_all(lambda n: self.identities_path(namespaces[n % len(namespaces)]),
+                                lambda n: self.identity(namespaces[n % len(namespaces)], f"sc-{n}", "bench-scope"),
+                                count)
+        names = [f"sc-{n}" for n in range(count)]
+        tracker = self.readiness(f"/apis/{GROUP}/federatedidentities", "/api/v1/secrets")
+        fedid.extra_args = [*flags, *self.args.fedid_arg]
+        meter = self.meter()  # the control plane: the setup's fedid is stopped
+        self.rss.phase = phase
+        try:
+            meter.start()
+            spawned = time.time()
+            fedid.start()
+            self.rss.pid = fedid.process.pid
+            try:
+                bounded_wait("every scope identity Ready with its Secret", lambda: tracker.all_done(names),
+                             max(180, count / 5), 0.2)
+            except TimeoutError as error:
+                log(str(error))
+            cpu_to_ready = cpu_seconds(fedid.process.pid)
+            finished = tracker.finished(names)
+            time.sleep(self.size["settle_s"])
+            memory = rss_kib(fedid.process.pid)
+            cpu = cpu_seconds(fedid.process.pid)
+            ended = time.time()
+            control_plane = meter.stop()
+        finally:
+            tracker.stop()
+            self.rss.pid = None
+            fedid.stop()
+            removed = self.remove_identities(namespaces)
+        reads = self.audit.between(spawned - 0.5, ended, user, READ_VERBS)
+        writes = self.audit.between(spawned - 0.5, ended, user)
+        by_verb = collections.Counter()
+        for key, value in reads["by_verb_resource"].items():
+            by_verb[key.split(" ", 1)[0]] += value
+        forbidden = [line for line in fedid.log_path.read_text(errors="replace").splitlines()
+                     if "forbidden" in line.lower()]
+        complete = len(finished) == count
+        return {"identities": count, "created_ok": sum(1 for c in created if c[2] == 201),
+                "ready_with_secret": len(finished), "complete": complete,
+                "readyz_after_s": fedid.ready_after_s,
+                "all_ready_after_s": round(max(finished.values()) - spawned, 2) if complete else None,
+                "fedid_cpu_s_to_ready": round(cpu_to_ready, 2), "fedid_cpu_s": round(cpu, 2),
+                "apiserver_cpu_s": control_plane.get("kube-apiserver"), "control_plane_cpu_s": control_plane,
+                "rss_mib_after_settle": round(memory["VmRSS"] / 1024, 1),
+                "rss_peak_mib": round(memory["VmHWM"] / 1024, 1),
+                "list_requests": by_verb["list"], "watch_requests": by_verb["watch"],
+                "list_watch_requests": by_verb["list"] + by_verb["watch"],
+                "requests_by_verb_resource": reads["by_verb_resource"],
+                "refused_requests": reads["failed"] + writes["failed"],
+                "refused_by_verb_resource": {**reads["failed_by_verb_resource"], **writes["failed_by_verb_resource"]},
+                "writes": writes["writes"], "lease_writes": writes["lease_writes"],
+                "writes_by_verb_resource": writes["by_verb_resource"],
+                "log_forbidden_lines": len(forbidden), "log_forbidden_first": [line[:300] for line in forbidden[:3]],
+                "log": str(fedid.log_path), "removed_after": removed, "load": load()}
+
+    def remove_identities(self, namespaces: list[str]) -> bool:
+        """Deletes every identity in `namespaces` and their token Secrets (directly: the garbage
+        collector would take minutes at its client rate); whether none is left within 5 minutes."""
+        session = self.api.session()
+        kinds = [(self.identities_path(namespace), {}) for namespace in namespaces] + \
+            [(f"/api/v1/namespaces/{namespace}/secrets", {"labelSelector": IDENTITY_LABEL}) for namespace in namespaces]
+        for path, params in kinds:
+            session.delete(f"{self.api.server}{path}", params=params, timeout=120).raise_for_status()
+
+        def gone() -> bool:
+            for path, params in kinds:
+                listed = session.get(f"{self.api.server}{path}", params={**params, "limit": "1"}, timeout=30)
+                listed.raise_for_status()
+                if listed.json()["items"]:
+                    return False
+            return True
+
+        try:
+            bounded_wait("the scope identities and their Secrets to be gone", gone, 300, 1)
+            return True
+        except TimeoutError:
+            return False
+
+    def secrets_visible(self, kubeconfig: Path, namespace: str | None = None) -> dict:
+        """What `kubectl get secrets` (in `namespace`, else -A) gives the holder of `kubeconfig`:
+        how many Secrets and bytes of data, or the refusal. Counted only: no data is kept or printed."""
+        result = self.cluster.kubectl("--kubeconfig", str(kubeconfig), "get", "secrets",
+                                      *(["-n", namespace] if namespace else ["-A"]), "-o", "json", check=False)
+        if result.returncode != 0:
+            message = (result.stderr.strip().splitlines() or ["?"])[-1][:300]
+            return {"forbidden": "forbidden" in message.lower(), "error": message}
+        items = json.loads(result.stdout)["items"]
+        return {"forbidden": False, "secrets": len(items),
+                "data_bytes": sum(len(base64.b64decode(value)) for item in items
+                                  for value in (item.get("data") or {}).values())}
+
+    def rights(self, kubeconfig: Path, inside: list[str], outside: list[str]) -> dict:
+        """The Secrets a ServiceAccount can read, checked as a sceptic would: `kubectl get secrets
+        -A` as it, then namespace by namespace, those fedid serves (`inside`) and the others."""
+
+        def summed(namespaces: list[str]) -> dict:
+            each = [self.secrets_visible(kubeconfig, namespace) for namespace in namespaces]
+            return {"namespaces": len(each), "forbidden_in": sum(1 for e in each if e["forbidden"]),
+                    "other_errors": sum(1 for e in each if "error" in e and not e["forbidden"]),
+                    "secrets": sum(e.get("secrets", 0) for e in each),
+                    "data_bytes": sum(e.get("data_bytes", 0) for e in each)}
+
+        return {"all_namespaces": self.secrets_visible(kubeconfig), "scope_namespaces": summed(inside),
+                "unrelated_namespaces": summed(outside)}
+
     def issuer_status(self, name: str) -> dict:
         return json.loads(self.cluster.kubectl("get", "identityissuer", name, "-o", "json").stdout).get("status") or {}
 
@@ -1130,6 +1373,34 @@ def table(results: dict) -> list[dict]:
         row(f"exchange at MinIO ({e.get('identities')})", f"{fmt(e.get('fedid', {}).get('rate_at_peer_per_s'))}/s",
             f"direct client {fmt(e.get('anchor', {}).get('rate_at_peer_per_s'))}/s", ratio,
             ">= 0.8x", None if ratio is None else ratio >= 0.8, e.get("load"))
+    sc = s.get("scope")
+    if sc:
+        z, wide, scoped = sc["sizes"], sc["cluster-wide"], sc["namespaced"]
+        r = sc["ratios_namespaced_to_cluster_wide"]
+        row(f"scope: {z['identities']} ids in {z['namespaces']} ns, cold start -> all Ready",
+            f"--watch-namespaces {fmt(scoped['all_ready_after_s'])} s",
+            f"cluster-wide {fmt(wide['all_ready_after_s'])} s", r["all_ready_after_s"], "-", None, sc["load"])
+        row(f"  scope: RSS after {z['settle_s']} s settle", f"{fmt(scoped['rss_mib_after_settle'])} MiB",
+            f"{fmt(wide['rss_mib_after_settle'])} MiB", r["rss_mib_after_settle"], "-", None, sc["load"])
+        row("  scope: fedid CPU, spawn to end of settle", f"{fmt(scoped['fedid_cpu_s'])} s",
+            f"{fmt(wide['fedid_cpu_s'])} s", r["fedid_cpu_s"], "-", None, sc["load"])
+        row("  scope: apiserver CPU, same window", f"{fmt(scoped['apiserver_cpu_s'])} s",
+            f"{fmt(wide['apiserver_cpu_s'])} s", r["apiserver_cpu_s"], "-", None, sc["load"])
+        row("  scope: fedid's lists + watches (writes, refused)",
+            *(f"{fmt(m['list_watch_requests'])} ({fmt(m['writes'])}, {fmt(m['refused_requests'])})"
+              for m in (scoped, wide)), r["list_watch_requests"], "-", None, sc["load"])
+
+        def readable(rights: dict) -> str:
+            every, other = rights["all_namespaces"], rights["unrelated_namespaces"]
+            listed = "Forbidden" if every["forbidden"] else every.get("error") or \
+                f"{every['secrets']} Secrets, {every['data_bytes'] / 2**20:.1f} MiB"
+            return f"get secrets -A: {listed}; unrelated ns: {other['secrets']} Secrets"
+
+        scoped_rights = sc["rights"]["namespaced"]
+        row("  scope: what fedid's ServiceAccount can read", readable(scoped_rights),
+            readable(sc["rights"]["cluster-wide"]), None, "no Secret outside scope",
+            scoped_rights["all_namespaces"]["forbidden"] and scoped_rights["unrelated_namespaces"]["secrets"] == 0
+            and scoped_rights["unrelated_namespaces"]["forbidden_in"] == z["other_namespaces"], sc["load"])
     for name, error in results.get("errors", {}).items():
         row(f"{name}: ERROR", error.splitlines()[-1][:80] if error else "?", "-", None, "-", None)
     return rows
@@ -1247,13 +1518,14 @@ def main() -> int:
     args = parser.parse_args()
 
     bench = Bench(args)
-    order = ["serving", "latency", "throughput", "steady", "anchor", "memory", "rotation", "signing", "pods",
+    order = ["scope", "serving", "latency", "throughput", "steady", "anchor", "memory", "rotation", "signing", "pods",
              "exchange"]
     wanted = [name for name in order if (not args.only or name in args.only.split(","))
               and name not in args.skip.split(",")]
     raw: dict = {}
     began = time.monotonic()
-    cluster_scenarios = {"serving", "latency", "throughput", "steady", "anchor", "memory", "rotation", "signing"}
+    cluster_scenarios = {"scope", "serving", "latency", "throughput", "steady", "anchor", "memory", "rotation",
+                         "signing"}
     try:
         if cluster_scenarios & set(wanted):
             bench.setup()
@@ -1264,7 +1536,9 @@ def main() -> int:
             log(f"--- {name} (load {load()})")
             bench.rss.phase = name
             try:
-                if name == "serving":
+                if name == "scope":
+                    bench.results["scenarios"]["scope"] = bench.scope()
+                elif name == "serving":
                     bench.results["scenarios"]["serving"] = bench.serving()
                 elif name == "latency":
                     figures = bench.latency()
