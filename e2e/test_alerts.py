@@ -7,10 +7,11 @@
 - A real Prometheus on loopback (1 s scrape and evaluation, storage in a temporary directory)
   scrapes two `fedid run` replicas (a leader, and a standby kept out of the election by a Lease
   held elsewhere) with the rules rendered from the chart, and the alerts are read back through its
-  HTTP API: a rejected exchange fires FedidExchangeRejected for that identity only; with the token
-  service stopped, FedidRefreshFailing and FedidRenewalOverdue fire for the identity that
-  exchanges there, not before; with the leader stopped FedidLeaderMissing fires, and with no replica
-  left FedidDown.
+  HTTP API: a rejected exchange fires FedidExchangeRejected for that identity only, an identity in
+  a namespace its issuer does not allow FedidIdentityNotReady (reason NamespaceNotAllowed) for
+  that identity only; with the token service stopped, FedidRefreshFailing and FedidRenewalOverdue
+  fire for the identity that exchanges there, not before; with the leader stopped
+  FedidLeaderMissing fires, and with no replica left FedidDown.
 - Every PromQL expression of the rules and of the dashboard (`charts/fedid/dashboards/fedid.json`)
   is accepted by that Prometheus, and returns series from the running fedid where it should; the
   dashboard parses, its panels do not overlap and all read the `datasource` variable.
@@ -42,6 +43,7 @@ from fedid_harness import (
     fedid_binary,
     free_port,
     get_json,
+    wait_for_reason,
     write_serving_certificate,
 )
 from peers.recorder import Recorded, Recorder, Reply
@@ -51,14 +53,15 @@ DASHBOARD = CHART / "dashboards" / "fedid.json"
 RULE_TESTS = E2E_DIR / "alerts" / "rules.test.yaml"
 RUN = uuid.uuid4().hex[:6]
 TEAM = f"alerts-{RUN}"
+OUTSIDE = f"alerts-outside-{RUN}"  # a namespace the issuer does not allow
 ISSUER = f"alerts-{RUN}"
-ALERTS = ["FedidRenewalOverdue", "FedidRefreshFailing", "FedidExchangeRejected", "FedidKeyRotationOverdue",
-          "FedidJWKSNotServed", "FedidLeaderMissing", "FedidDown"]
+ALERTS = ["FedidRenewalOverdue", "FedidRefreshFailing", "FedidExchangeRejected", "FedidIdentityNotReady",
+          "FedidKeyRotationOverdue", "FedidJWKSNotServed", "FedidLeaderMissing", "FedidDown"]
 # The live test's rules: every alert at once (`for: 0s`), a 5 s renewal grace, 2 failed attempts.
 LIVE_VALUES = [
     *(f"prometheusRule.alerts.{alert}.for=0s" for alert in
-      ("renewalOverdue", "refreshFailing", "exchangeRejected", "keyRotationOverdue", "jwksNotServed",
-       "leaderMissing", "down")),
+      ("renewalOverdue", "refreshFailing", "exchangeRejected", "identityNotReady", "keyRotationOverdue",
+       "jwksNotServed", "leaderMissing", "down")),
     "prometheusRule.alerts.renewalOverdue.graceSeconds=5",
     "prometheusRule.alerts.refreshFailing.attempts=2",
 ]
@@ -113,7 +116,7 @@ def test_promtool_unit_tests_show_every_alert_firing_and_quiet(cluster: Cluster,
     assert [rule["alert"] for rule in rules] == ALERTS
     checked = subprocess.run([binary("promtool"), "check", "rules", str(write_rules(cluster, tmp_path))],
                              capture_output=True, text=True, timeout=60)
-    assert checked.returncode == 0 and "SUCCESS: 7 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.returncode == 0 and f"SUCCESS: {len(ALERTS)} rules found" in checked.stdout, checked.stdout + checked.stderr
 
     result = promtool_test(cluster, tmp_path)
     assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
@@ -143,6 +146,7 @@ def test_the_chart_readme_shows_each_alert_as_rendered(cluster: Cluster) -> None
         ("prometheusRule.alerts.renewalOverdue.graceSeconds=0", "FedidRenewalOverdue"),
         ("prometheusRule.alerts.refreshFailing.attempts=4", "FedidRefreshFailing"),
         ("prometheusRule.alerts.exchangeRejected.for=0s", "FedidExchangeRejected"),
+        ("prometheusRule.alerts.identityNotReady.for=0s", "FedidIdentityNotReady"),
         ("prometheusRule.alerts.keyRotationOverdue.graceSeconds=0", "FedidKeyRotationOverdue"),
         ("prometheusRule.alerts.jwksNotServed.for=10m", "FedidJWKSNotServed"),
         ("prometheusRule.alerts.leaderMissing.severity=page", "FedidLeaderMissing"),
@@ -243,9 +247,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Recorder
 
 @pytest.fixture(scope="module")
 def fedid(cluster: Cluster, service: tuple[Recorder, str]) -> Iterator[tuple[Operator, Operator]]:
-    """The leader, and a standby whose Lease is held elsewhere, with one issuer and three identities."""
+    """The leader, and a standby whose Lease is held elsewhere, with one issuer and four identities
+    (one of them in a namespace the issuer does not allow)."""
     service, ca = service
-    with chart_operator(cluster, "fedid-alerts", [TEAM]) as leader:
+    with chart_operator(cluster, "fedid-alerts", [TEAM, OUTSIDE]) as leader:
         issuer = {
             "apiVersion": "fedid.dev/v1alpha1", "kind": "IdentityIssuer", "metadata": {"name": ISSUER},
             "spec": {"issuerURL": leader.issuer_url(ISSUER), "signing": {"prepublishPeriod": "0s"},
@@ -267,6 +272,11 @@ def fedid(cluster: Cluster, service: tuple[Recorder, str]) -> Iterator[tuple[Ope
             "metadata": {"name": "plain", "namespace": TEAM},
             "spec": {"issuerRef": ISSUER, "audiences": ["sts.example.com"], "lifetime": "10m"},
         }))
+        cluster.apply(json.dumps({
+            "apiVersion": "fedid.dev/v1alpha1", "kind": "FederatedIdentity",
+            "metadata": {"name": "outsider", "namespace": OUTSIDE},
+            "spec": {"issuerRef": ISSUER, "audiences": ["sts.example.com"], "lifetime": "10m"},
+        }))
         lease = f"fedid-alerts-held-{RUN}"
         held = {
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -284,7 +294,7 @@ def fedid(cluster: Cluster, service: tuple[Recorder, str]) -> Iterator[tuple[Ope
         finally:
             standby.stop()
             cluster.kubectl("delete", "lease", lease, "-n", OPERATOR_NAMESPACE, check=False)
-            cluster.kubectl("delete", "namespace", TEAM, "--wait=false", check=False)
+            cluster.kubectl("delete", "namespace", TEAM, OUTSIDE, "--wait=false", check=False)
             cluster.kubectl("delete", "identityissuer", ISSUER, "--wait=false", check=False)
 
 
@@ -313,6 +323,12 @@ def identities(alerts: list[dict]) -> set[str]:
     """The names of this module's identities among firing alerts (a shared cluster may hold other
     modules' identities, which this leader reconciles too)."""
     return {labels["name"] for labels in alerts if labels.get("namespace") == TEAM}
+
+
+def not_ready(alerts: list[dict]) -> set[tuple[str, str, str]]:
+    """(namespace, name, reason) of the FedidIdentityNotReady alerts about this module's identities."""
+    return {(labels["namespace"], labels["name"], labels["reason"]) for labels in alerts
+            if labels.get("namespace") in (TEAM, OUTSIDE)}
 
 
 def mine(alerts: list[dict]) -> list[dict]:
@@ -395,12 +411,24 @@ def test_alerts_fire_when_peers_stop_and_not_before(
     assert identities(rejected) == {"rejected"}, rejected
     assert {labels["severity"] for labels in mine(rejected)} == {"warning"}
 
+    # An identity in a namespace the issuer does not allow is refused for good (Ready=False, not
+    # retried): FedidIdentityNotReady fires for that identity only, with its reason.
+    refusal = condition(wait_for_reason(cluster, OUTSIDE, "outsider", "NamespaceNotAllowed", timeout=60))
+    assert refusal["status"] == "False", refusal
+    refused = wait_for("FedidIdentityNotReady for outsider",
+                       lambda: (f if not_ready(f := prometheus.firing("FedidIdentityNotReady")) else None), timeout=60)
+    assert not_ready(refused) == {(OUTSIDE, "outsider", "NamespaceNotAllowed")}, refused
+    assert [labels["severity"] for labels in refused if labels["namespace"] == OUTSIDE] == ["warning"]
+
     # Healthy so far: every rule evaluated after everything was Ready, nothing else firing for the
     # healthy identities, the issuer or the replicas.
     settled = time.time()
     wait_for("every rule evaluated", lambda: prometheus.evaluated_since(settled), timeout=30)
     for alert in ("FedidRenewalOverdue", "FedidRefreshFailing"):
         assert not identities(prometheus.firing(alert)) & {"steady", "plain"}, prometheus.firing(alert)
+    # Not Ready is the refused identity only: not the Ready ones, nor the rejected one, whose
+    # retried failure leaves Ready Unknown.
+    assert not_ready(prometheus.firing("FedidIdentityNotReady")) == {(OUTSIDE, "outsider", "NamespaceNotAllowed")}
     for alert in ("FedidKeyRotationOverdue", "FedidJWKSNotServed", "FedidLeaderMissing", "FedidDown"):
         assert mine(prometheus.firing(alert)) == [], alert
 
@@ -414,6 +442,8 @@ def test_alerts_fire_when_peers_stop_and_not_before(
         f if "steady" in identities(f := prometheus.firing("FedidRenewalOverdue")) else None), timeout=60)
     print(f"refresh failing and renewal overdue fired {time.time() - stopped:.0f}s after the service stopped")
     assert "plain" not in identities(failing) | identities(overdue)
+    # Failing renewals are retried, so they do not make steady (or any identity here) not Ready.
+    assert not identities(prometheus.firing("FedidIdentityNotReady")), prometheus.firing("FedidIdentityNotReady")
     status = get_json(cluster, "fid", "steady", "-n", TEAM)
     assert condition(status, "CredentialsFresh")["reason"] == "ExchangeUnavailable"
     assert status["status"]["failedAttempts"] >= 2

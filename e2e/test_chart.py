@@ -393,6 +393,8 @@ MONITORING_VALUES = {
     "prometheusRule.alerts.refreshFailing.attempts": "5",
     "prometheusRule.alerts.exchangeRejected.for": "3m",
     "prometheusRule.alerts.exchangeRejected.severity": "info",
+    "prometheusRule.alerts.identityNotReady.for": "1h",
+    "prometheusRule.alerts.identityNotReady.severity": "ticket",
     "prometheusRule.alerts.keyRotationOverdue.for": "30m",
     "prometheusRule.alerts.keyRotationOverdue.severity": "page",
     "prometheusRule.alerts.keyRotationOverdue.graceSeconds": "7200",
@@ -424,6 +426,8 @@ def test_alerts_and_dashboard_render_only_when_enabled_with_their_values(cluster
     assert json.loads(dashboard["data"]["fedid.json"]) == json.loads((CHART / "dashboards" / "fedid.json").read_text())
     by_alert = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
     assert by_alert["FedidRenewalOverdue"]["for"] == "1m" and by_alert["FedidDown"]["labels"] == {"severity": "critical"}
+    assert by_alert["FedidIdentityNotReady"]["for"] == "15m"
+    assert by_alert["FedidIdentityNotReady"]["labels"] == {"severity": "warning"}
 
     # Every value lands where it says.
     changed = objects(cluster, render(cluster, "fedid", "--set", "prometheusRule.enabled=true",
@@ -432,9 +436,9 @@ def test_alerts_and_dashboard_render_only_when_enabled_with_their_values(cluster
     assert rule["metadata"]["labels"]["release"] == "prometheus"
     by_alert = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
     for key, alert in (("renewalOverdue", "FedidRenewalOverdue"), ("refreshFailing", "FedidRefreshFailing"),
-                       ("exchangeRejected", "FedidExchangeRejected"), ("keyRotationOverdue", "FedidKeyRotationOverdue"),
-                       ("jwksNotServed", "FedidJWKSNotServed"), ("leaderMissing", "FedidLeaderMissing"),
-                       ("down", "FedidDown")):
+                       ("exchangeRejected", "FedidExchangeRejected"), ("identityNotReady", "FedidIdentityNotReady"),
+                       ("keyRotationOverdue", "FedidKeyRotationOverdue"), ("jwksNotServed", "FedidJWKSNotServed"),
+                       ("leaderMissing", "FedidLeaderMissing"), ("down", "FedidDown")):
         assert by_alert[alert]["for"] == MONITORING_VALUES[f"prometheusRule.alerts.{key}.for"], alert
         assert by_alert[alert]["labels"] == {"severity": MONITORING_VALUES[f"prometheusRule.alerts.{key}.severity"]}, alert
     assert by_alert["FedidRenewalOverdue"]["expr"].split()[-2:] == [">", "90"]
@@ -1174,7 +1178,7 @@ def test_every_object_passes_server_side_dry_run(cluster: Cluster, crds: None, n
     # every alert survived the PrometheusRule schema.
     assert objects[f"ServiceMonitor/{release}"]["spec"]["endpoints"][0]["honorLabels"] is True
     rules = objects[f"PrometheusRule/{release}"]["spec"]["groups"][0]["rules"]
-    assert len(rules) == 7 and all(rule["expr"] and rule["annotations"]["description"] for rule in rules)
+    assert len(rules) == 8 and all(rule["expr"] and rule["annotations"]["description"] for rule in rules)
     assert json.loads(objects[f"ConfigMap/{release}-dashboard"]["data"]["fedid.json"])["uid"] == "fedid"
 
 
