@@ -521,6 +521,23 @@ def test_notes_warn_when_no_issuer_is_created(cluster: Cluster) -> None:
     assert "kubectl wait --for=condition=Ready fid/<name> -n <namespace>" in notes
 
 
+def test_notes_name_the_served_namespaces_and_warn_of_an_allowed_one_left_out(cluster: Cluster) -> None:
+    def notes_of(*values: str) -> str:
+        installed = helm(cluster, "install", "fedid", str(CHART), "-n", "fedid-system", "--dry-run=client", *values)
+        return installed.stdout.split("\nNOTES:\n", 1)[1]
+
+    issuer = ["--set", "issuer.create=true", "--set", "issuer.url=https://fedid.example.com",
+              "--set", "issuer.allowedNamespaces.names={team-a,team-b,team-c}"]
+    notes = notes_of("--set", "watchNamespaces={team-a}", *issuer)
+    assert "Namespaces served (watchNamespaces): team-a. fedid never sees identities or pods in" in notes
+    assert "WARNING: issuer.allowedNamespaces.names lists team-b, team-c, which watchNamespaces leaves out" in notes
+    served = notes_of("--set", "watchNamespaces={team-a,team-b,team-c}", *issuer)
+    assert "Namespaces served (watchNamespaces): team-a, team-b, team-c." in served
+    assert "watchNamespaces leaves out" not in served
+    every = notes_of(*issuer)
+    assert "watchNamespaces" not in every
+
+
 # --- the pod server (pods.*) -----------------------------------------------------------------------
 
 POD_RELEASE = "fedid-chart"  # `render` names the release after its namespace
