@@ -595,6 +595,17 @@ class Bench:
             list(pool.map(one, range(count)))
         return out
 
+    def unrelated_secrets(self, namespaces: list[str], count: int, size: int) -> dict:
+        """Creates `count` unlabelled Secrets `u-<n>` with `size` random bytes (base64) of data,
+        spread over `namespaces`; how many were created and how fast."""
+        body = base64.b64encode(os.urandom(size)).decode()
+        began = time.time()
+        created = self.post_all(lambda n: f"/api/v1/namespaces/{namespaces[n % len(namespaces)]}/secrets",
+                                lambda n: {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"u-{n}"},
+                                           "data": {"blob": body}}, count)
+        return {"secrets": count, "ok": sum(1 for c in created if c[2] == 201),
+                "per_s": rate(count, time.time() - began)}
+
     # Scenarios.
 
     def serving(self) -> dict:
@@ -862,14 +873,8 @@ class Bench:
     def memory_and_restart(self) -> dict:
         count = self.size["unrelated"]
         namespace = self.namespaces["unrelated"]
-        body = base64.b64encode(os.urandom(768)).decode()  # 1 KB of data per Secret
         log(f"memory: {count} unrelated 1 KB Secrets (fedid stopped)")
-        began = time.time()
-        created = self.post_all(lambda _: f"/api/v1/namespaces/{namespace}/secrets",
-                                lambda n: {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"u-{n}"},
-                                           "data": {"blob": body}}, count)
-        unrelated = {"secrets": count, "ok": sum(1 for c in created if c[2] == 201),
-                     "per_s": rate(count, time.time() - began)}
+        unrelated = self.unrelated_secrets([namespace], count, 768)  # 1 KB of data per Secret
         log("restart: fedid started again")
         self.rss.phase = "restart"
         meter = self.meter()
@@ -1011,13 +1016,7 @@ class Bench:
             self.start_fedid()  # the issuer's key ring is made by a running fedid
         self.issuer("bench-scope", inside)
         log(f"scope: {unrelated} unrelated Secrets of {size} B in {len(outside)} namespaces")
-        body = base64.b64encode(os.urandom(size)).decode()
-        began = time.time()
-        created = self.post_all(lambda n: f"/api/v1/namespaces/{outside[n % len(outside)]}/secrets",
-                                lambda n: {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"u-{n}"},
-                                           "data": {"blob": body}}, unrelated)
-        unrelated_figures = {"secrets": unrelated, "ok": sum(1 for c in created if c[2] == 201),
-                             "per_s": rate(unrelated, time.time() - began)}
+        unrelated_figures = self.unrelated_secrets(outside, unrelated, size)
         (self.work / SCOPED_RELEASE).mkdir(exist_ok=True)
         scoped_kubeconfig = install_chart_service_account(
             self.cluster, OPERATOR_NAMESPACE, self.work / SCOPED_RELEASE, release=SCOPED_RELEASE,
